@@ -1,0 +1,183 @@
+"""``OTPairDataModule``: target data + a source, paired by minibatch OT on the batch's device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..ot import OTCoupler, check_batch
+from ..utils import rank_generator
+from .datasets import IndexedDataset, ToyDataset
+from .sources import check_source, draw_source
+from .toys import TOYS
+
+__all__ = ["OTPairDataModule", "Pair"]
+
+
+@dataclass
+class Pair:
+    """A paired batch, as ``training_step`` receives it.
+
+    Attributes:
+        x0: ``(n, *shape)`` source samples.
+        x1: ``(n, *shape)`` target samples; ``(x0[i], x1[i])`` is a coupled pair.
+        labels: ``(n,)`` labels of ``x1`` (or ``None``).
+        index: ``(n,)`` dataset indices of ``x1``.
+        stats: coupling statistics of this batch (empty for validation batches).
+    """
+
+    x0: Tensor
+    x1: Tensor
+    labels: Tensor | None = None
+    index: Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+def _split_item(item: Any) -> tuple[Tensor, Tensor | None]:
+    """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``."""
+    if isinstance(item, Tensor):
+        return item, None
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
+        return item[0], (item[1] if len(item) > 1 and isinstance(item[1], Tensor) else None)
+    raise TypeError(f"dataset items must be a tensor or a (tensor, label) tuple, got {type(item).__name__}")
+
+
+class OTPairDataModule(pl.LightningDataModule):
+    """Target dataset and a source, coupled by minibatch OT in ``on_after_batch_transfer``.
+
+    Collate runs in CPU DataLoader workers, so the pairing happens in ``on_after_batch_transfer``,
+    where the batch is already on this rank's device (GPU when there is one); only training batches
+    are re-paired. The source is drawn on that device with a per-rank generator (seeded from the
+    run's seed and the global rank), so ranks never draw the same noise.
+
+    Args:
+        target: a toy name (``moons``, ``8gaussians``, ...) or a ``Dataset`` of tensors or
+            ``(tensor, label)`` tuples.
+        source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
+        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``bsp``,
+            ``lsa``, ``independent``) or an ``OTCoupler``.
+        batch_size: per-rank batch size, which is also the OT batch.
+        val_target: validation dataset; default for toys: ``val_size`` fresh points.
+        toy_size: points in a toy training set (drawn once from ``seed``).
+        val_size: points in a toy validation set.
+        num_workers: DataLoader workers.
+        seed: base seed of the source generators; ``None`` takes ``torch.initial_seed()`` at setup.
+    """
+
+    def __init__(
+        self,
+        target: str | Dataset = "moons",
+        source: str = "gaussian",
+        coupling: str | OTCoupler = "exact",
+        batch_size: int = 256,
+        val_target: Dataset | None = None,
+        toy_size: int = 50_000,
+        val_size: int = 2_000,
+        num_workers: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(target, str) and target not in TOYS:
+            raise ValueError(f"unknown target {target!r}; give a toy name {sorted(TOYS)} or a Dataset")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_source(source)
+        self.target, self.source = target, source
+        self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
+        self._train: Dataset | None = None
+        self._generators: dict[str, torch.Generator] = {}
+        self._val_step = -1
+
+    # ---------------------------------------------------------------- data
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one target sample."""
+        self.setup("fit")
+        x, _ = _split_item(self._train[0])
+        return tuple(x.shape)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        base = 0 if self.seed is None else self.seed
+        if isinstance(self.target, str):
+            self._train = ToyDataset(self.target, self.toy_size, seed=base)
+            if self.val_target is None:
+                self.val_target = ToyDataset(self.target, self.val_size, seed=base + 1_000_003)
+        else:
+            self._train = self.target
+        check_source(self.source, self.data_shape)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            IndexedDataset(dataset),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        if len(self._train) < self.batch_size:
+            raise ValueError(f"the training set has {len(self._train)} samples, fewer than batch_size={self.batch_size}")
+        # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
+        return self._loader(self._train, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("fit")
+        return [] if self.val_target is None else self._loader(self.val_target, shuffle=False, drop_last=False)
+
+    # ---------------------------------------------------------------- source noise
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def generator(self, kind: str, device: torch.device) -> torch.Generator:
+        """Per-rank generator ``kind`` (``train`` or ``val``) on ``device``, created on first use."""
+        gen = self._generators.get(kind)
+        if gen is None or gen.device != device:
+            step = self.trainer.global_step if (self.trainer is not None and kind == "train") else 0
+            base = torch.initial_seed() if self.seed is None else self.seed
+            gen = rank_generator(device, base, self._rank(), step, "source" if kind == "train" else "val")
+            self._generators[kind] = gen
+        return gen
+
+    def _val_generator(self, device: torch.device) -> torch.Generator:
+        # the same validation noise at every validation run, so losses compare across steps
+        step = self.trainer.global_step if self.trainer is not None else 0
+        if step != self._val_step:
+            self._generators.pop("val", None)
+            self._val_step = step
+        return self.generator("val", device)
+
+    def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
+        """Source batch shaped like ``x1``, drawn on its device."""
+        return draw_source(self.source, x1.shape[0], x1.shape[1:], generator=generator, device=x1.device).to(x1.dtype)
+
+    # ---------------------------------------------------------------- the pairing hook
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Pair:
+        if isinstance(batch, Pair):
+            return batch
+        index, item = batch
+        x1, labels = _split_item(item)
+        training = self.trainer is not None and self.trainer.training
+        generator = self.generator("train", x1.device) if training else self._val_generator(x1.device)
+        x0 = self.draw_source(x1, generator)
+        check_batch(x0, x1)
+        if not training:
+            return Pair(x0, x1, labels, index)
+        coupling = self.coupler.couple(x0, x1)
+        perm = coupling.perm
+        return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())

@@ -1,0 +1,158 @@
+r"""OT-MF: the MeanFlow objective on OT-paired samples.
+
+**Time direction.** Public convention: source ``x0`` at t = 0, target ``x1`` at t = 1,
+:math:`z_t = (1 - t) x_0 + t x_1`, velocity :math:`v = x_1 - x_0`. The network predicts the
+*average velocity* from time ``t`` to a later time ``e`` (``e >= t``):
+
+.. math::  u(z_t, t, e) = \frac{1}{e - t} \int_t^e v(z_\tau, \tau)\, d\tau,
+           \qquad z_e = z_t + (e - t)\, u(z_t, t, e).
+
+Differentiating :math:`(e - t) u = \int_t^e v` in ``t`` along the trajectory gives the MeanFlow
+identity in this direction,
+
+.. math::  u(z_t, t, e) = v(z_t, t) + (e - t) \frac{d}{dt} u(z_t, t, e),
+           \qquad \frac{d}{dt} u = v \cdot \partial_z u + \partial_t u,
+
+computed by one forward-mode JVP with tangents ``(v, 1, 0)`` for ``(z, t, e)``. The regression
+target is :math:`\mathrm{sg}(v + (e - t)\, du/dt)`; one step generates :math:`x_1 = x_0 + u(x_0, 0, 1)`.
+
+**Translation from MeanFlow's paper and code** (where t = 1 is noise, z = (1 - t) x + t eps, and
+the network is called as ``u(z, t, t - r)`` with ``t >= r``): their ``(t, r)`` is our
+``(1 - t, 1 - e)``; their interval ``t - r`` equals our ``e - t``; their
+``x = eps - u(eps, 0, 1)`` is our ``x1 = x0 + u(x0, 0, 1)`` (our ``u`` is minus theirs); and since
+``logit(1 - t) = -logit(t)``, their logit-normal mean ``mu`` is our ``-mu`` (same std). Their
+ImageNet default ``LN(-0.4, 1.0)`` is ``time_mean=0.4`` here; their CIFAR ``LN(-2, 2)`` is
+``time_mean=2.0``. The network sees ``(z, t, e - t)``: the two time embeddings of MeanFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data.datamodule import Pair
+from ..nets.mlp import TimeMLP
+from .base import OneStepModule, flat_dim
+
+__all__ = ["OTMeanFlow"]
+
+
+class OTMeanFlow(OneStepModule):
+    """OT-MF: MeanFlow trained on minibatch-OT pairs; one network call generates.
+
+    The network is called ``net(z, t, h)`` with ``z`` ``(n, *data_shape)``, start time ``t`` and
+    interval ``h = e - t``, both ``(n,)``; it must support ``torch.func.jvp`` (no BatchNorm, no
+    flash attention).
+
+    Extension points for subclasses: :meth:`sample_times` (the (t, e) sampler),
+    :meth:`loss_weight` (adaptive weighting), :meth:`average_velocity` (how the net is called).
+
+    Args:
+        net: average-velocity network; default a 3x256 :class:`~otflow_lightning.nets.TimeMLP`.
+        time_dist: ``logit_normal`` or ``uniform`` for the two time draws.
+        time_mean: logit-normal mean **in the public direction** (MeanFlow's ``-P_mean``).
+        time_std: logit-normal std.
+        interval_fraction: fraction of samples with ``e != t`` (MeanFlow's ``1 - data_proportion``).
+        fm_warmup_steps: first steps with all ``e = t`` (plain flow matching warm start).
+        adaptive_p: power ``p`` of the adaptive weight ``1 / (||delta||^2 + c)^p`` (0 = plain MSE).
+        adaptive_c: constant ``c`` of the adaptive weight.
+        jvp_no_grad: predict with a normal forward and take ``du/dt`` from a JVP under
+            ``no_grad`` (two passes, less memory: for large image nets).
+        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, ...).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        source: str = "gaussian",
+        data_shape: Sequence[int] = (2,),
+        time_dist: str = "logit_normal",
+        time_mean: float = 0.4,
+        time_std: float = 1.0,
+        interval_fraction: float = 0.25,
+        fm_warmup_steps: int = 0,
+        adaptive_p: float = 1.0,
+        adaptive_c: float = 1e-3,
+        jvp_no_grad: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+    ) -> None:
+        if time_dist not in ("logit_normal", "uniform"):
+            raise ValueError(f"time_dist must be 'logit_normal' or 'uniform', got {time_dist!r}")
+        if not 0.0 <= interval_fraction <= 1.0:
+            raise ValueError(f"interval_fraction must be in [0, 1], got {interval_fraction}")
+        if net is None:
+            net = TimeMLP(dim=flat_dim(data_shape), num_times=2)
+        super().__init__(net, source, data_shape, lr, weight_decay, betas, warmup_steps)
+        self.save_hyperparameters(ignore=["net"])
+        self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
+        self.interval_fraction, self.fm_warmup_steps = interval_fraction, fm_warmup_steps
+        self.adaptive_p, self.adaptive_c, self.jvp_no_grad = adaptive_p, adaptive_c, jvp_no_grad
+
+    # ---------------------------------------------------------------- pieces
+    def average_velocity(self, z: Tensor, t: Tensor, e: Tensor) -> Tensor:
+        """``u(z, t, e)``: average velocity from ``t`` to ``e`` (``(n,)`` each) at ``z``."""
+        return self.net(z, t, e - t)
+
+    def sample_times(self, n: int) -> tuple[Tensor, Tensor]:
+        """Draw start and end times ``(t, e)``, each ``(n,)``, with ``0 <= t <= e <= 1``.
+
+        Two independent draws from ``time_dist``, sorted; a ``1 - interval_fraction`` share (all of
+        them during ``fm_warmup_steps``) gets ``e = t``.
+        """
+        gen = self.time_generator()
+        if self.time_dist == "uniform":
+            a = torch.rand(2, n, device=self.device, generator=gen)
+        else:
+            a = torch.sigmoid(torch.randn(2, n, device=self.device, generator=gen) * self.time_std + self.time_mean)
+        t, e = a.min(0).values, a.max(0).values
+        fraction = 0.0 if self.global_step < self.fm_warmup_steps else self.interval_fraction
+        same = torch.rand(n, device=self.device, generator=gen) >= fraction
+        return t, torch.where(same, t, e)
+
+    def loss_weight(self, sq_error: Tensor) -> Tensor:
+        """Adaptive weight ``sg(1 / (sq_error + c)^p)`` per sample (``sq_error``: ``(n,)``)."""
+        return 1.0 / (sq_error.detach() + self.adaptive_c) ** self.adaptive_p
+
+    def meanflow_target(self, z: Tensor, t: Tensor, e: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Prediction ``u(z, t, e)`` and the stop-gradient target ``v + (e - t) du/dt``."""
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        tangents = (v, torch.ones_like(t), torch.zeros_like(e))
+        if self.jvp_no_grad:
+            u = self.average_velocity(z, t, e)
+            with torch.no_grad():
+                _, dudt = torch.func.jvp(self.average_velocity, (z, t, e), tangents)
+        else:
+            u, dudt = torch.func.jvp(self.average_velocity, (z, t, e), tangents)
+        target = v + (e - t).reshape(shape) * dudt
+        return u, target.detach()
+
+    def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, x1 = pair.x0, pair.x1
+        t, e = self.sample_times(x0.shape[0])
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        z = (1 - t.reshape(shape)) * x0 + t.reshape(shape) * x1
+        u, target = self.meanflow_target(z, t, e, x1 - x0)
+        sq_error = (u - target).reshape(u.shape[0], -1).square().sum(1)
+        loss = (self.loss_weight(sq_error) * sq_error).mean()
+        return loss, {"mse": sq_error.mean().detach() / flat_dim(self.data_shape)}
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, x0: Tensor, steps: int = 1) -> Tensor:
+        """Map ``x0`` ``(n, *data_shape)`` to the target in ``steps`` average-velocity jumps.
+
+        ``z_e = z_t + (e - t) u(z_t, t, e)`` on a uniform grid of ``steps`` intervals; ``steps=1``
+        is one network call: ``x0 + u(x0, 0, 1)``.
+        """
+        self.check_steps(steps)
+        z = x0.to(self.device)
+        grid = torch.linspace(0.0, 1.0, steps + 1, device=z.device, dtype=z.dtype)
+        for t, e in zip(grid[:-1], grid[1:]):
+            tt, ee = t.expand(z.shape[0]), e.expand(z.shape[0])
+            z = z + (e - t) * self.average_velocity(z, tt, ee)
+        return z

@@ -1,0 +1,64 @@
+"""MLP with sinusoidal time embeddings, for vector data (the 2D toys)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TimeMLP", "SinusoidalEmbedding"]
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Map times ``(n,)`` in [0, 1] to ``(n, 2 * frequencies + 1)`` features ``[t, sin(2 pi f t), cos(2 pi f t)]``.
+
+    Frequencies are spaced geometrically from 1 to ``max_frequency`` (cycles per unit time). Keep
+    them low for MeanFlow: its target contains ``du/dt``, and high time frequencies make that
+    derivative, and so the target, noisy (max 64 gave W2^2 0.68 on the toy where max 1 gave 0.17).
+    Forward-mode AD safe.
+    """
+
+    def __init__(self, frequencies: int = 4, max_frequency: float = 2.0) -> None:
+        super().__init__()
+        freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), frequencies)) * 2 * math.pi
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim = 2 * frequencies + 1
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = t[:, None] * self.freqs
+        return torch.cat([t[:, None], torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class TimeMLP(nn.Module):
+    """``net(x, *times) -> (n, dim)``: an MLP on ``[x, emb(t_1), ..., emb(t_k)]``.
+
+    OT-MF calls it with two times (start ``t`` and interval ``h = t_end - t``), OT-NFM flow maps
+    with one. Every time gets its own sinusoidal embedding.
+
+    Args:
+        dim: data dimension (input and output).
+        hidden: hidden width.
+        depth: number of hidden layers.
+        num_times: how many time arguments ``forward`` takes.
+        frequencies: sinusoidal frequencies per time.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, num_times: int = 2, frequencies: int = 4) -> None:
+        super().__init__()
+        self.dim, self.num_times = dim, num_times
+        self.embeddings = nn.ModuleList(SinusoidalEmbedding(frequencies) for _ in range(num_times))
+        width = dim + sum(e.dim for e in self.embeddings)
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, *times: Tensor) -> Tensor:
+        """Args: ``x`` ``(n, dim)``; each time ``(n,)`` (or a scalar, broadcast). Returns ``(n, dim)``."""
+        if len(times) != self.num_times:
+            raise ValueError(f"TimeMLP was built for {self.num_times} time arguments, got {len(times)}")
+        feats = [x] + [emb(torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])) for emb, t in zip(self.embeddings, times)]
+        return self.layers(torch.cat(feats, dim=1))

@@ -1,0 +1,7 @@
+"""Minibatch optimal transport: costs, assignment solvers and the ``OTCoupler``."""
+
+from .costs import label_mismatch, pair_cost, squared_euclidean
+from .coupler import Coupling, OTCoupler, check_batch
+from .solvers import SOLVERS
+
+__all__ = ["OTCoupler", "Coupling", "SOLVERS", "check_batch", "squared_euclidean", "pair_cost", "label_mismatch"]
