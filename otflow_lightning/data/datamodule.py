@@ -95,8 +95,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self._train: Dataset | None = None
-        self._generators: dict[str, torch.Generator] = {}
-        self._val_step = -1
+        self._generator: torch.Generator | None = None
 
     # ---------------------------------------------------------------- data
     @property
@@ -144,23 +143,20 @@ class OTPairDataModule(pl.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def generator(self, kind: str, device: torch.device) -> torch.Generator:
-        """Per-rank generator ``kind`` (``train`` or ``val``) on ``device``, created on first use."""
-        gen = self._generators.get(kind)
-        if gen is None or gen.device != device:
-            step = self.trainer.global_step if (self.trainer is not None and kind == "train") else 0
+    def generator(self, device: torch.device) -> torch.Generator:
+        """Per-rank training generator on ``device``, created on first use."""
+        if self._generator is None or self._generator.device != device:
+            # keyed by the step too, so a resumed run draws fresh noise
+            step = self.trainer.global_step if self.trainer is not None else 0
             base = torch.initial_seed() if self.seed is None else self.seed
-            gen = rank_generator(device, base, self._rank(), step, "source" if kind == "train" else "val")
-            self._generators[kind] = gen
-        return gen
+            self._generator = rank_generator(device, base, self._rank(), step, "source")
+        return self._generator
 
-    def _val_generator(self, device: torch.device) -> torch.Generator:
-        # the same validation noise at every validation run, so losses compare across steps
-        step = self.trainer.global_step if self.trainer is not None else 0
-        if step != self._val_step:
-            self._generators.pop("val", None)
-            self._val_step = step
-        return self.generator("val", device)
+    def _val_generator(self, device: torch.device, index: Tensor) -> torch.Generator:
+        # keyed by the batch's first dataset index: the same batch always gets the same noise,
+        # so validation figures compare across steps
+        base = torch.initial_seed() if self.seed is None else self.seed
+        return rank_generator(device, base, self._rank(), int(index[0]), "val")
 
     def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
         """Source batch shaped like ``x1``, drawn on its device."""
@@ -173,7 +169,7 @@ class OTPairDataModule(pl.LightningDataModule):
         index, item = batch
         x1, labels = _split_item(item)
         training = self.trainer is not None and self.trainer.training
-        generator = self.generator("train", x1.device) if training else self._val_generator(x1.device)
+        generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
         x0 = self.draw_source(x1, generator)
         check_batch(x0, x1)
         if not training:
