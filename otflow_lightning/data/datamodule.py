@@ -139,6 +139,12 @@ class OTPairDataModule(pl.LightningDataModule):
         self.setup("fit")
         return [] if self.val_target is None else self._loader(self.val_target, shuffle=False, drop_last=False)
 
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
     # ---------------------------------------------------------------- source noise
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

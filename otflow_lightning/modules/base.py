@@ -120,6 +120,14 @@ class OneStepModule(pl.LightningModule):
         loss, _ = self.loss(self._as_pair(batch))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
 
+    def test_step(self, batch: Pair, batch_idx: int) -> None:
+        loss, _ = self.loss(self._as_pair(batch))
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch))
+
+    def predict_step(self, batch: Pair, batch_idx: int) -> Tensor:
+        """One-step samples from the batch's source draws: ``(n, *data_shape)``."""
+        return self.sample(self._as_pair(batch).x0, steps=1)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         if self.warmup_steps <= 0:
