@@ -27,9 +27,13 @@ from otflow_lightning.metrics import SlicedWasserstein2, images_to_uint8, wasser
 def load_module(args) -> torch.nn.Module:
     """The model: from an otflow config (+ checkpoint), a class's ``load_from_checkpoint``, or the toy OT-MF MLP."""
     if args.config:
+        import yaml
+
         from otflow_lightning.cli import main
 
-        module = main(["--config", args.config], run=False).model
+        with open(args.config) as f:
+            config = yaml.safe_load(f)  # a saved fit config: keep only what builds the model
+        module = main({k: config[k] for k in ("model", "data") if k in config}, run=False).model
         if args.checkpoint:
             state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state)

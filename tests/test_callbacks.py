@@ -54,6 +54,18 @@ def test_steps_must_be_supported_and_protocol_is_checked():
         SamplingCallback().setup(None, NoShape(), "fit")
 
 
+def test_schedule_state_survives_a_checkpoint_and_keys_are_distinct():
+    a, b = FIDCallback(name="fid"), FIDCallback(name="fid_val")
+    assert a.state_key != b.state_key
+    assert WassersteinCallback(method="exact").state_key != WassersteinCallback(method="sliced").state_key
+    cb = SamplingCallback(every_n_steps=10)
+    cb.load_state_dict({"runs": 4, "last_step": 30})
+    fake_trainer = type("T", (), {"global_step": 35})()
+    assert not cb._due(fake_trainer)
+    fake_trainer.global_step = 40
+    assert cb._due(fake_trainer) and cb.state_dict() == {"runs": 6, "last_step": 40}
+
+
 # ---------------------------------------------------------------- EMA
 class Shift(pl.LightningModule):
     """``sample(x0) = x0 + shift``; SGD pushes ``shift`` along (1, 1) by 1 per step, so EMA lags far behind."""
@@ -158,7 +170,16 @@ def _random_inception_weights(path, monkeypatch):
     torch.save(net.state_dict(), path)
 
 
-def test_fid_with_the_real_inception_network_from_a_weights_file(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """Inception's convolutions and the 2048-d eigensolvers slow down badly with threads on a busy small machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fid_with_the_real_inception_network_from_a_weights_file(tmp_path, monkeypatch, one_thread):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     weights = str(tmp_path / "inception.pth")
@@ -198,3 +219,18 @@ def test_attach_callbacks_example_trains_and_logs(tmp_path):
     # N(0, I) against the ring of radius 2 is about W2^2 = 2; 8 Euler steps of the trained flow do far better
     assert w2_8 < 0.5 and w2_8 < w2_1
     assert len(glob.glob(f"{trainer.log_dir}/samples/*.png")) == 2
+
+
+def test_wasserstein_against_the_training_set_of_an_ot_pair_datamodule(tmp_path):
+    from otflow_lightning import OTMeanFlow, OTPairDataModule
+
+    dm = OTPairDataModule("moons", "8gaussians", batch_size=64, toy_size=1000, val_size=128)
+    cb = WassersteinCallback(n_samples=300, real="train", steps=[1, 2])
+    module = OTMeanFlow(source="8gaussians", data_shape=(2,))
+    trainer = _trainer(tmp_path, [cb], max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(module, dm)
+    x0 = torch.cat(list(source_noise(module, 0, 300, cb.seed, chunk=cb.batch_size)))
+    with torch.no_grad():
+        expected = wasserstein2_squared(module.sample(x0, steps=2), dm._train.points[:300])
+    assert {"val/w2_sq", "val/w2_sq_2step"} <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["val/w2_sq_2step"]) == pytest.approx(float(expected), rel=1e-5)

@@ -71,3 +71,29 @@ def test_images_to_uint8_rounds_and_inverts_the_uint8_grid():
     assert images_to_uint8(torch.tensor([-3.0, -1.0, 0.999, 2.0])).tolist() == [0, 0, 255, 255]
     u8 = torch.tensor([7], dtype=torch.uint8)
     assert images_to_uint8(u8) is u8
+
+
+def test_cached_real_fid_matches_torchmetrics_and_scipy_sqrtm():
+    import numpy as np
+    from scipy import linalg
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from eval_modules import PixelFeatures
+    from otflow_lightning.metrics.fid import CachedRealFID
+
+    gen = torch.Generator().manual_seed(5)
+    real = torch.randint(0, 256, (40, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    fakes = [torch.randint(0, 200, (30, 1, 8, 8), generator=gen, dtype=torch.uint8) for _ in range(2)]
+    ours = CachedRealFID(PixelFeatures(), reset_real_features=False)
+    ours.update(real, real=True)
+    for fake in fakes:  # the second compute reuses the cached square root of the real covariance
+        ours.reset()
+        ours.update(fake, real=False)
+        reference = FrechetInceptionDistance(PixelFeatures())
+        reference.update(real, real=True)
+        reference.update(fake, real=False)
+        f_r, f_g = (PixelFeatures()(x).double().numpy() for x in (real, fake))
+        s_r, s_g = np.cov(f_r, rowvar=False), np.cov(f_g, rowvar=False)
+        scipy_fid = ((f_r.mean(0) - f_g.mean(0)) ** 2).sum() + np.trace(s_r + s_g - 2 * linalg.sqrtm(s_r @ s_g).real)
+        assert float(ours.compute()) == pytest.approx(float(reference.compute()), rel=1e-5)
+        assert float(ours.compute()) == pytest.approx(scipy_fid, rel=1e-5)

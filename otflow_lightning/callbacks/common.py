@@ -159,6 +159,17 @@ class EvalCallback(pl.Callback):
         """Evaluate ``pl_module`` (called on every rank); return ``{log name: scalar}``, equal on all ranks."""
         raise NotImplementedError
 
+    @property
+    def state_key(self) -> str:
+        # distinct keys let two instances of a callback keep their schedules in one checkpoint
+        return self._generate_state_key(**{k: str(v) for k, v in vars(self).items() if k in ("name", "method", "n_samples")})
+
+    def state_dict(self) -> dict:
+        return {"runs": self._runs, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._runs, self._last_step = state_dict["runs"], state_dict["last_step"]
+
     def _due(self, trainer: pl.Trainer) -> bool:
         self._runs += 1
         if self.every_n_steps is not None:

@@ -68,12 +68,11 @@ class WassersteinCallback(EvalCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, shape = check_protocol(pl_module)
         eval_steps(pl_module, self.steps)
-        if self.method == "auto":
-            exact = len(shape) == 1 and max(self.n_samples, self.n_real) <= 5000
-            self.method = "exact" if exact else "sliced"
+        exact = len(shape) == 1 and max(self.n_samples, self.n_real) <= 5000
+        self._exact = self.method == "exact" or (self.method == "auto" and exact)
 
     def _metric(self) -> Wasserstein2 | SlicedWasserstein2:
-        return Wasserstein2() if self.method == "exact" else SlicedWasserstein2(self.n_projections, self.seed)
+        return Wasserstein2() if self._exact else SlicedWasserstein2(self.n_projections, self.seed)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
         rank, world = trainer.global_rank, trainer.world_size
@@ -83,7 +82,7 @@ class WassersteinCallback(EvalCallback):
                 raise ValueError(f"n_real={self.n_real} but the real dataset has only {len(dataset)} samples")
             start, stop = shard(self.n_real, rank, world)
             self._real_shard = [x.float().cpu() for x in real_batches(dataset, start, stop, self.batch_size, "cpu")]
-        prefix = "val/w2_sq" if self.method == "exact" else "val/sw2_sq"
+        prefix = "val/w2_sq" if self._exact else "val/sw2_sq"
         results = {}
         for steps in eval_steps(pl_module, self.steps):
             metric = self._metric().to(pl_module.device)
