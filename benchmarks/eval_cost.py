@@ -7,7 +7,7 @@
 Components: generation at each step count (``module.sample`` on fixed noise, as the callbacks
 draw it), exact W2 (POT, vector data), sliced W2, and FID features (torch-fidelity Inception-v3 on
 uint8 images, image data only; randomly initialised unless ``--inception-weights`` is given: the
-cost is the same). Figures are the median of ``--repeats`` runs; FID features are measured on
+cost is the same) and FID's compute() (torchmetrics' against ``CachedRealFID``). Figures are the median of ``--repeats`` runs; FID features are measured on
 ``--fid-images`` images and scaled to 10k.
 """
 
@@ -79,6 +79,39 @@ def inception(weights: str | None, device: str) -> torch.nn.Module:
         return NoTrainInceptionV3("inception-v3-compat", ["2048"], antialias=False).to(device)
 
 
+def fid_compute_rows(device: str, repeats: int) -> list:
+    """``compute()`` of torchmetrics' FID (general ``eigvals``) and of ``CachedRealFID`` on 2048-d statistics."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from otflow_lightning.metrics.fid import CachedRealFID
+
+    class Features(torch.nn.Module):  # stands in for Inception: compute() only sees the summed statistics
+        num_features = 2048
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for cls in (FrechetInceptionDistance, CachedRealFID):
+        metric = cls(Features()).to(device)
+        for kind, n in (("real", 5000), ("fake", 3000)):
+            f = torch.randn(n, 2048, generator=gen, dtype=torch.float64).to(device)
+            setattr(metric, f"{kind}_features_sum", f.sum(0))
+            setattr(metric, f"{kind}_features_cov_sum", f.T @ f)
+            setattr(metric, f"{kind}_features_num_samples", torch.tensor(n, device=device))
+        metric.orig_dtype = torch.float32
+        compute = lambda: cls.compute(metric)  # noqa: E731 (unwrapped: torchmetrics caches the wrapped result)
+        if cls is FrechetInceptionDistance:
+            rows.append(("torchmetrics FID compute (eigvals), 2048 features: per evaluation", None, timed(compute, repeats, device)))
+            continue
+
+        def first():
+            metric._sqrt_real = None
+            return compute()
+
+        rows.append(("CachedRealFID first compute (+ eigh of the real covariance, once a run)", None, timed(first, repeats, device)))
+        rows.append(("CachedRealFID compute (eigvalsh), 2048 features: per evaluation", None, timed(compute, repeats, device)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="otflow config that builds the model")
@@ -91,6 +124,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--fid-images", type=int, default=200, help="images for the FID feature timing (scaled to 10k)")
     parser.add_argument("--inception-weights", help="Inception weights file (default: random init, same cost)")
+    parser.add_argument("--fid", action="store_true", help="time FID's parts even for non-image data (on random 3x32x32 images)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -119,12 +153,16 @@ def main() -> None:
             return metric.compute()
 
         rows.append((f"sliced W2 (256 directions), {args.n} vs {args.n}", args.n, timed(sliced, args.repeats, device)))
-        if len(shape) == 3:
+        if len(shape) == 3 or args.fid:
             net = inception(args.inception_weights, device)
-            images = images_to_uint8(samples[: args.fid_images])
+            images = images_to_uint8(samples[: args.fid_images]) if len(shape) == 3 else torch.randint(
+                0, 256, (args.fid_images, 3, 32, 32), dtype=torch.uint8, device=device
+            )
             images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
             feats = lambda: torch.cat([net(b) for b in images.split(min(args.batch_size, 250))])  # noqa: E731
-            rows.append(("FID features (Inception-v3, 2048)", len(images), timed(feats, max(1, args.repeats - 2), device)))
+            label = f"FID features (Inception-v3, 2048) of {tuple(images.shape[1:])} uint8 images"
+            rows.append((label, len(images), timed(feats, max(1, args.repeats - 2), device)))
+            rows += fid_compute_rows(device, args.repeats)
 
     name = type(module).__name__
     params = sum(p.numel() for p in module.parameters())
@@ -133,7 +171,7 @@ def main() -> None:
     print(f"| component | samples timed | seconds | seconds per 10k samples |\n|---|---:|---:|---:|")
     for component, n, seconds in rows:  # n None: a cost that does not scale linearly
         per_10k = "-" if n is None else f"{seconds * 10_000 / n:.3f}"
-        print(f"| {component} | {n or 2000} | {seconds:.3f} | {per_10k} |")
+        print(f"| {component} | {n or '-'} | {seconds:.3f} | {per_10k} |")
 
 
 if __name__ == "__main__":
