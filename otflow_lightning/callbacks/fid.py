@@ -96,6 +96,7 @@ class FIDCallback(EvalCallback):
         self.cache_dir = cache_dir or default_cache_dir()
         self.fid = None
         self.cache_path: str | None = None
+        self._real_ready = False
 
     # ---------------------------------------------------------------- setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -120,11 +121,12 @@ class FIDCallback(EvalCallback):
             features = f"custom feature module {type(self.feature).__name__}"
         return f"FID protocol: {self.n_samples} generated vs {n_real} real ({split}) images, uint8 by rounding, {features}"
 
-    def _prepare(self, x: Tensor) -> Tensor:
+    def _update(self, x: Tensor, real: bool) -> None:
+        """Quantise ``x`` (and repeat grayscale for Inception), then add its features."""
         x = images_to_uint8(x)
         if self._inception and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return x
+        self.fid.update(x, real=real)
 
     # ---------------------------------------------------------------- real statistics
     def _cache_key(self, dataset: Dataset, split: str, n_real: int) -> str:
@@ -154,7 +156,7 @@ class FIDCallback(EvalCallback):
             set_real_stats(self.fid, None)
             start, stop = shard(n_real, trainer.global_rank, trainer.world_size)
             for x in real_batches(dataset, start, stop, self.batch_size, pl_module.device):
-                self.fid.update(self._prepare(x), real=True)
+                self._update(x, real=True)
             stats = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in real_stats(self.fid).items()}
             if trainer.is_global_zero:
                 os.makedirs(self.cache_dir, exist_ok=True)
@@ -174,6 +176,6 @@ class FIDCallback(EvalCallback):
         for steps in eval_steps(pl_module, self.steps):
             self.fid.reset()  # fake statistics only (reset_real_features=False)
             for x in generate(pl_module, start, stop, steps, self.seed, self.batch_size):
-                self.fid.update(self._prepare(x), real=False)
+                self._update(x, real=False)
             results[f"val/{self.name}_{steps}step"] = self.fid.compute()
         return results

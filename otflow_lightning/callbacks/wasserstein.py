@@ -68,6 +68,7 @@ class WassersteinCallback(EvalCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, shape = check_protocol(pl_module)
         eval_steps(pl_module, self.steps)
+        self._real_shard = None
         exact = len(shape) == 1 and max(self.n_samples, self.n_real) <= 5000
         self._exact = self.method == "exact" or (self.method == "auto" and exact)
 
