@@ -22,6 +22,7 @@ import torch
 
 from otflow_lightning.callbacks.common import check_protocol, generate
 from otflow_lightning.metrics import SlicedWasserstein2, images_to_uint8, wasserstein2_squared
+from otflow_lightning.metrics.sliced_wasserstein import random_directions
 
 
 def load_module(args) -> torch.nn.Module:
@@ -153,6 +154,15 @@ def main() -> None:
             return metric.compute()
 
         rows.append((f"sliced W2 (256 directions), {args.n} vs {args.n}", args.n, timed(sliced, args.repeats, device)))
+
+        def sliced_pot():  # the peer: POT's 1D solver on the same projections
+            from ot import wasserstein_1d
+
+            theta = random_directions(samples[0].numel(), 256).to(device)
+            flat = samples.reshape(len(samples), -1).double()
+            return wasserstein_1d(flat @ theta, flat.flip(0) @ theta, p=2).mean()
+
+        rows.append((f"sliced W2, POT wasserstein_1d (peer), {args.n} vs {args.n}", args.n, timed(sliced_pot, args.repeats, device)))
         if len(shape) == 3 or args.fid:
             net = inception(args.inception_weights, device)
             images = images_to_uint8(samples[: args.fid_images]) if len(shape) == 3 else torch.randint(
