@@ -5,7 +5,7 @@ Public API::
     from otflow_lightning import OTMeanFlow, OTPairDataModule, OTCoupler
 """
 
-from .callbacks import SamplingCallback, WassersteinCallback
+from .callbacks import FIDCallback, SamplingCallback, WassersteinCallback
 from .data import OTPairDataModule, Pair
 from .modules import OneStepModule, OTMeanFlow
 from .ot import OTCoupler
@@ -18,6 +18,7 @@ __all__ = [
     "OTPairDataModule",
     "Pair",
     "OTCoupler",
+    "FIDCallback",
     "SamplingCallback",
     "WassersteinCallback",
 ]
