@@ -109,9 +109,9 @@ class OTNeuralFlowMatching(OneStepModule):
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
         pair = self._as_pair(batch)
         loss, _ = self.loss(pair)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
         # collapse detector: one-step samples of this batch's source against its targets
-        self.log("val/var_ratio", variance_ratio(self.sample(pair.x0), pair.x1), sync_dist=True)
+        self.log("val/var_ratio", variance_ratio(self.sample(pair.x0), pair.x1), sync_dist=True, batch_size=len(pair))
 
     # ---------------------------------------------------------------- sampling
     def check_steps(self, steps: int) -> None:
