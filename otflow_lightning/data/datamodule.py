@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..ot import OTCoupler, check_batch
+from ..ot import OnlineCoupling, OTCoupler, check_batch
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .sources import check_source, draw_source
@@ -63,7 +63,9 @@ class OTPairDataModule(pl.LightningDataModule):
             ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
         coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``bsp``,
-            ``lsa``, ``independent``) or an ``OTCoupler``.
+            ``lsa``, ``independent``) or an ``OTCoupler``; or ``online`` / an
+            :class:`~otflow_lightning.ot.OnlineCoupling` for a persistent assignment keyed by
+            dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it).
         batch_size: per-rank batch size, which is also the OT batch.
         val_target: validation dataset; default for toys: ``val_size`` fresh points.
         toy_size: points in a toy training set (drawn once from ``seed``).
@@ -76,7 +78,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self,
         target: str | Dataset = "moons",
         source: str = "gaussian",
-        coupling: str | OTCoupler = "exact",
+        coupling: str | OTCoupler | OnlineCoupling = "exact",
         batch_size: int = 256,
         val_target: Dataset | None = None,
         toy_size: int = 50_000,
@@ -91,7 +93,13 @@ class OTPairDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         check_source(source)
         self.target, self.source = target, source
-        self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
+        if coupling == "online":
+            coupling = OnlineCoupling()
+        self.online = coupling if isinstance(coupling, OnlineCoupling) else None
+        if self.online is not None:
+            self.coupler = self.online.coupler
+        else:
+            self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self._train: Dataset | None = None
@@ -116,6 +124,9 @@ class OTPairDataModule(pl.LightningDataModule):
         else:
             self._train = self.target
         check_source(self.source, self.data_shape)
+        if self.online is not None:
+            shape = self.data_shape
+            self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         return DataLoader(
@@ -176,10 +187,21 @@ class OTPairDataModule(pl.LightningDataModule):
         x1, labels = _split_item(item)
         training = self.trainer is not None and self.trainer.training
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
-        x0 = self.draw_source(x1, generator)
-        check_batch(x0, x1)
-        if not training:
-            return Pair(x0, x1, labels, index)
-        coupling = self.coupler.couple(x0, x1)
+        if training and self.online is not None:
+            x0, coupling = self.online.couple(x1, index, generator)
+        else:
+            x0 = self.draw_source(x1, generator)
+            check_batch(x0, x1)
+            if not training:
+                return Pair(x0, x1, labels, index)
+            coupling = self.coupler.couple(x0, x1)
         perm = coupling.perm
         return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
+
+    # ---------------------------------------------------------------- checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.online is None else {"online": self.online.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.online is not None and "online" in state_dict:
+            self.online.load_state_dict(state_dict["online"])
