@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..ot import OTCoupler, check_batch
+from ..ot import OTCoupler, check_batch, couple_batch, draw_source_labels
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .sources import check_source, draw_source
@@ -26,7 +26,7 @@ class Pair:
     Attributes:
         x0: ``(n, *shape)`` source samples.
         x1: ``(n, *shape)`` target samples; ``(x0[i], x1[i])`` is a coupled pair.
-        labels: ``(n,)`` labels of ``x1`` (or ``None``).
+        labels: ``(n,)`` labels of ``x1`` (or ``None``); with ``conditional`` also those of ``x0``.
         index: ``(n,)`` dataset indices of ``x1``.
         stats: coupling statistics of this batch (empty for validation batches).
     """
@@ -70,6 +70,11 @@ class OTPairDataModule(pl.LightningDataModule):
         val_size: points in a toy validation set.
         num_workers: DataLoader workers.
         seed: base seed of the source generators; ``None`` takes ``torch.initial_seed()`` at setup.
+        conditional: class-conditional coupling (C2OT): source labels are drawn from the batch's
+            label marginal independently of the noise, and pairs are matched within labels (or
+            with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
+        global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
+            batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise.
     """
 
     def __init__(
@@ -83,6 +88,8 @@ class OTPairDataModule(pl.LightningDataModule):
         val_size: int = 2_000,
         num_workers: int = 0,
         seed: int | None = None,
+        conditional: bool = False,
+        global_coupling: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(target, str) and target not in TOYS:
@@ -94,6 +101,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
+        self.conditional, self.global_coupling = conditional, global_coupling
         self._train: Dataset | None = None
         self._generators: dict[str, torch.Generator] = {}
         self._val_step = -1
@@ -178,6 +186,12 @@ class OTPairDataModule(pl.LightningDataModule):
         check_batch(x0, x1)
         if not training:
             return Pair(x0, x1, labels, index)
-        coupling = self.coupler.couple(x0, x1)
-        perm = coupling.perm
-        return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
+        c0 = c1 = None
+        if self.conditional:
+            if labels is None:
+                raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
+            c1, c0 = labels, draw_source_labels(labels, generator)
+        x1, (labels, index), coupling = couple_batch(
+            self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling
+        )
+        return Pair(x0, x1, labels, index, coupling.stats())

@@ -1,7 +1,20 @@
-"""Minibatch optimal transport: costs, assignment solvers and the ``OTCoupler``."""
+"""Minibatch optimal transport: costs, assignment solvers, the ``OTCoupler``, conditional and cross-rank coupling."""
 
+from .conditional import draw_source_labels
 from .costs import label_mismatch, pair_cost, squared_euclidean
 from .coupler import Coupling, OTCoupler, check_batch
-from .solvers import SOLVERS
+from .distributed import couple_batch
+from .solvers import SOLVERS, Solution
 
-__all__ = ["OTCoupler", "Coupling", "SOLVERS", "check_batch", "squared_euclidean", "pair_cost", "label_mismatch"]
+__all__ = [
+    "OTCoupler",
+    "Coupling",
+    "Solution",
+    "SOLVERS",
+    "check_batch",
+    "couple_batch",
+    "draw_source_labels",
+    "squared_euclidean",
+    "pair_cost",
+    "label_mismatch",
+]
