@@ -57,8 +57,8 @@ def gap_closed(x0, x1, perm):
 @pytest.mark.parametrize(
     "method, options, d, floor",
     [
-        ("auction", {}, 2, 0.999),
-        ("auction", {}, 256, 0.999),
+        ("auction", {}, 2, 0.99),
+        ("auction", {}, 256, 0.99),
         ("sinkhorn", {}, 2, 0.98),
         ("sinkhorn", {}, 256, 0.95),
         ("bsp", {}, 2, 0.95),
@@ -135,7 +135,7 @@ def test_auction_runs_on_float32_costs_and_stops_early():
     x0, x1 = clouds(128, 16, seed=5)
     sol = solve_auction(squared_euclidean(x0, x1, torch.float32))
     assert sol.converged and sol.iterations < 20_000
-    assert gap_closed(x0, x1, sol.perm) > 0.999
+    assert gap_closed(x0, x1, sol.perm) > 0.99
 
 
 # ---------------------------------------------------------------- conditional coupling (C2OT)
