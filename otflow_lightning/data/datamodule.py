@@ -62,8 +62,8 @@ class OTPairDataModule(pl.LightningDataModule):
         target: a toy name (``moons``, ``8gaussians``, ...) or a ``Dataset`` of tensors or
             ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
-        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``bsp``,
-            ``lsa``, ``independent``) or an ``OTCoupler``.
+        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``auction``,
+            ``sinkhorn``, ``bsp``, ``independent``, ...) or an ``OTCoupler``.
         batch_size: per-rank batch size, which is also the OT batch.
         val_target: validation dataset; default for toys: ``val_size`` fresh points.
         toy_size: points in a toy training set (drawn once from ``seed``).
