@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..ot import OnlineCoupling, OTCoupler, check_batch
+from ..ot import OnlineCoupling, OTCoupler, check_batch, couple_batch, draw_source_labels
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .sources import check_source, draw_source
@@ -26,7 +26,7 @@ class Pair:
     Attributes:
         x0: ``(n, *shape)`` source samples.
         x1: ``(n, *shape)`` target samples; ``(x0[i], x1[i])`` is a coupled pair.
-        labels: ``(n,)`` labels of ``x1`` (or ``None``).
+        labels: ``(n,)`` labels of ``x1`` (or ``None``); with ``conditional`` also those of ``x0``.
         index: ``(n,)`` dataset indices of ``x1``.
         stats: coupling statistics of this batch (empty for validation batches).
     """
@@ -62,8 +62,8 @@ class OTPairDataModule(pl.LightningDataModule):
         target: a toy name (``moons``, ``8gaussians``, ...) or a ``Dataset`` of tensors or
             ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
-        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``bsp``,
-            ``lsa``, ``independent``) or an ``OTCoupler``; or ``online`` / an
+        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``auction``,
+            ``sinkhorn``, ``bsp``, ``independent``, ...) or an ``OTCoupler``; or ``online`` / an
             :class:`~otflow_lightning.ot.OnlineCoupling` for a persistent assignment keyed by
             dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it).
         batch_size: per-rank batch size, which is also the OT batch.
@@ -72,6 +72,11 @@ class OTPairDataModule(pl.LightningDataModule):
         val_size: points in a toy validation set.
         num_workers: DataLoader workers.
         seed: base seed of the source generators; ``None`` takes ``torch.initial_seed()`` at setup.
+        conditional: class-conditional coupling (C2OT): source labels are drawn from the batch's
+            label marginal independently of the noise, and pairs are matched within labels (or
+            with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
+        global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
+            batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise.
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class OTPairDataModule(pl.LightningDataModule):
         val_size: int = 2_000,
         num_workers: int = 0,
         seed: int | None = None,
+        conditional: bool = False,
+        global_coupling: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(target, str) and target not in TOYS:
@@ -96,12 +103,15 @@ class OTPairDataModule(pl.LightningDataModule):
         if coupling == "online":
             coupling = OnlineCoupling()
         self.online = coupling if isinstance(coupling, OnlineCoupling) else None
+        if self.online is not None and (conditional or global_coupling):
+            raise ValueError("coupling='online' keeps its own persistent assignment: set conditional and global_coupling to False")
         if self.online is not None:
             self.coupler = self.online.coupler
         else:
             self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
+        self.conditional, self.global_coupling = conditional, global_coupling
         self._train: Dataset | None = None
         self._generator: torch.Generator | None = None
 
@@ -189,14 +199,21 @@ class OTPairDataModule(pl.LightningDataModule):
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
         if training and self.online is not None:
             x0, coupling = self.online.couple(x1, index, generator)
-        else:
-            x0 = self.draw_source(x1, generator)
-            check_batch(x0, x1)
-            if not training:
-                return Pair(x0, x1, labels, index)
-            coupling = self.coupler.couple(x0, x1)
-        perm = coupling.perm
-        return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
+            perm = coupling.perm
+            return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
+        x0 = self.draw_source(x1, generator)
+        check_batch(x0, x1)
+        if not training:
+            return Pair(x0, x1, labels, index)
+        c0 = c1 = None
+        if self.conditional:
+            if labels is None:
+                raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
+            c1, c0 = labels, draw_source_labels(labels, generator)
+        x1, (labels, index), coupling = couple_batch(
+            self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling
+        )
+        return Pair(x0, x1, labels, index, coupling.stats())
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self) -> dict[str, Any]:

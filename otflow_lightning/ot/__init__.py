@@ -1,8 +1,22 @@
-"""Minibatch optimal transport: costs, assignment solvers and the ``OTCoupler``."""
+"""Minibatch optimal transport: costs, assignment solvers, the ``OTCoupler``, conditional and cross-rank coupling."""
 
+from .conditional import draw_source_labels
 from .costs import label_mismatch, pair_cost, squared_euclidean
 from .coupler import Coupling, OTCoupler, check_batch
+from .distributed import couple_batch
 from .online import OnlineCoupling
-from .solvers import SOLVERS
+from .solvers import SOLVERS, Solution
 
-__all__ = ["OTCoupler", "OnlineCoupling", "Coupling", "SOLVERS", "check_batch", "squared_euclidean", "pair_cost", "label_mismatch"]
+__all__ = [
+    "OTCoupler",
+    "OnlineCoupling",
+    "Coupling",
+    "Solution",
+    "SOLVERS",
+    "check_batch",
+    "couple_batch",
+    "draw_source_labels",
+    "squared_euclidean",
+    "pair_cost",
+    "label_mismatch",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,9 +10,12 @@ import torch
 from torch import Tensor
 
 from .costs import label_mismatch, pair_cost, squared_euclidean
-from .solvers import SOLVERS
+from .solvers import SOLVERS, Solution
 
 __all__ = ["OTCoupler", "Coupling", "check_batch"]
+
+log = logging.getLogger(__name__)
+POLICIES = ("raise", "warn")
 
 
 @dataclass
@@ -24,6 +28,8 @@ class Coupling:
         independent_cost: mean squared distance of the identity (independent) pairing.
         ms: wall time of the solve, cost matrix included, in milliseconds.
         iterations: solver iterations, where the solver reports them.
+        converged: ``False`` if the solver stopped at its budget (the permutation was repaired).
+        failures: unconverged solves so far by this coupler (under ``on_failure="warn"``).
     """
 
     perm: Tensor
@@ -31,6 +37,8 @@ class Coupling:
     independent_cost: float
     ms: float
     iterations: int | None = None
+    converged: bool = True
+    failures: int = 0
 
     @property
     def cost_ratio(self) -> float:
@@ -42,6 +50,7 @@ class Coupling:
         out = {"coupling/cost_ratio": self.cost_ratio, "coupling/cost": self.cost, "coupling/ms": self.ms}
         if self.iterations is not None:
             out["coupling/iterations"] = float(self.iterations)
+        out["coupling/failures"] = float(self.failures)
         return out
 
 
@@ -67,16 +76,23 @@ class OTCoupler:
     r"""Minibatch OT coupling as a permutation of the target batch.
 
     Solves :math:`\min_\sigma \sum_i C_{i\sigma(i)}` with :math:`C_{ij} = \|x_0^i - x_1^j\|^2`
-    (plus ``label_weight`` times a label-mismatch cost when labels are given) and returns
-    :math:`\sigma` as ``perm``. The result is always a bijection: no sample is duplicated or dropped,
-    and a failed solve raises instead of falling back to independent pairs.
+    and returns :math:`\sigma` as ``perm``. The result is always a bijection: no sample is duplicated
+    or dropped, and a failed solve never falls back to independent pairs.
+
+    With labels (class-conditional generation, C2OT), ``label_weight=None`` matches strictly within
+    each label (one exact sub-problem per class; both sides must hold the same label counts, as
+    :func:`~otflow_lightning.ot.draw_source_labels` ensures), and a float adds
+    ``label_weight * [c0_i != c1_j]`` to the cost.
 
     Args:
-        method: one of ``independent``, ``exact`` (POT network simplex, CPU float64),
-            ``lsa`` (scipy Jonker-Volgenant, CPU), ``bsp`` (POT BSP-OT, fast in low dimension).
-        label_weight: weight of the label-mismatch term when labels are passed to :meth:`match`;
-            ``None`` (default) matches strictly within labels (infinite weight).
-        **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``max_iter`` for ``exact``).
+        method: a solver in :data:`~otflow_lightning.ot.SOLVERS`: ``exact`` (fastest exact CPU
+            solver for the dimension), ``auction`` (GPU-capable, near-exact), ``sinkhorn``, ``bsp``,
+            ``emd``, ``lsa``, ``lapjv``, ``independent``.
+        label_weight: weight of the label-mismatch cost; ``None`` matches strictly within labels.
+        on_failure: what an unconverged solve does (a solver stopped at its budget; its result was
+            repaired into a permutation): ``raise`` a ``RuntimeError`` (default) or ``warn``: log a
+            warning, count it in :attr:`failures` and in ``coupling/failures``, and keep the result.
+        **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``).
 
     Example:
         >>> coupler = OTCoupler("exact")
@@ -86,40 +102,70 @@ class OTCoupler:
         True
     """
 
-    def __init__(self, method: str = "exact", label_weight: float | None = None, **options) -> None:
+    def __init__(
+        self, method: str = "exact", label_weight: float | None = None, on_failure: str = "raise", **options
+    ) -> None:
         if method not in SOLVERS:
             raise ValueError(f"unknown coupling method {method!r}; choose one of {sorted(SOLVERS)}")
-        self.method = method
-        self.label_weight = label_weight
-        self.options = options
+        if on_failure not in POLICIES:
+            raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
+        if label_weight is not None and not label_weight >= 0:
+            raise ValueError(f"label_weight must be >= 0 or None (strict per-label matching), got {label_weight}")
+        self.method, self.label_weight, self.on_failure, self.options = method, label_weight, on_failure, options
+        self.failures = 0
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"OTCoupler({self.method!r}{opts})"
 
     def cost_matrix(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Tensor:
-        """``(n, n)`` cost the solver minimises (squared Euclidean, plus the label term)."""
+        """``(n, n)`` cost the solver minimises: squared Euclidean, plus the weighted label term."""
         cost = squared_euclidean(x0, x1)
-        if c0 is not None:
-            mismatch = label_mismatch(c0, c1).to(cost)
-            weight = self.label_weight
-            if weight is None:  # strictly within labels: dearer than any transport cost
-                weight = float(cost.max()) * cost.shape[0] + 1.0
-            cost = cost + weight * mismatch
+        if c0 is not None and self.label_weight is not None:
+            cost = cost + self.label_weight * label_mismatch(c0, c1).to(cost)
         return cost
 
+    def _solve(self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None) -> Solution:
+        return SOLVERS[self.method](self.cost_matrix(x0, x1, c0, c1), x0, x1, **self.options)
+
+    def _solve_per_label(self, x0: Tensor, x1: Tensor, c0: Tensor, c1: Tensor) -> Solution:
+        """One sub-problem per label: ``x0`` with label k is matched among ``x1`` with label k."""
+        perm = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
+        iterations, converged = None, True
+        for label in torch.unique(c1):
+            rows = torch.nonzero(c0 == label).flatten()
+            cols = torch.nonzero(c1 == label).flatten()
+            if rows.numel() != cols.numel():
+                raise ValueError(
+                    f"strict per-label matching needs the same count of each label in c0 and c1; label {label.item()} "
+                    f"has {rows.numel()} sources and {cols.numel()} targets. Draw source labels with "
+                    "draw_source_labels(c1, generator), or set label_weight for a soft label cost"
+                )
+            sol = self._solve(x0[rows], x1[cols], None, None)
+            perm[rows] = cols[sol.perm]
+            converged &= sol.converged
+            if sol.iterations is not None:
+                iterations = (iterations or 0) + sol.iterations
+        return Solution(perm, iterations, converged)
+
     def couple(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Coupling:
-        """Match the batches and return the permutation with its statistics."""
+        """Match the batches and return the permutation with its statistics (see :meth:`match`)."""
         check_batch(x0, x1, c0, c1)
         start = time.perf_counter()
         with torch.no_grad():
-            cost = self.cost_matrix(x0, x1, c0, c1)
-            perm, iterations = SOLVERS[self.method](cost, x0, x1, **self.options)
-            transport = pair_cost(x0, x1[perm]).mean()
+            strict = c0 is not None and self.label_weight is None
+            sol = self._solve_per_label(x0, x1, c0, c1) if strict else self._solve(x0, x1, c0, c1)
+            transport = pair_cost(x0, x1[sol.perm]).mean()
             independent = pair_cost(x0, x1).mean()
             result = (float(transport), float(independent))
         ms = (time.perf_counter() - start) * 1e3
-        return Coupling(perm=perm, cost=result[0], independent_cost=result[1], ms=ms, iterations=iterations)
+        if not sol.converged:
+            message = f"OT solver {self.method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
+            if self.on_failure == "raise":
+                raise RuntimeError(f"{message}; raise its budget, or pass on_failure='warn' to count and continue")
+            self.failures += 1
+            log.warning("%s; its result was repaired into a permutation (failure %d)", message, self.failures)
+        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures)
 
     def match(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Tensor:
         """Return ``perm`` (LongTensor ``(n,)`` on the inputs' device): ``(x0[i], x1[perm[i]])`` are the pairs.
@@ -131,6 +177,6 @@ class OTCoupler:
         """
         return self.couple(x0, x1, c0, c1).perm
 
-    def __call__(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return the paired batch ``(x0, x1[perm])``."""
-        return x0, x1[self.match(x0, x1)]
+        return x0, x1[self.match(x0, x1, c0, c1)]

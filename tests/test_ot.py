@@ -1,0 +1,194 @@
+"""Tests for the coupling engine: solvers, errors, failure policy, conditional coupling."""
+
+import itertools
+import logging
+
+import pytest
+import torch
+
+from otflow_lightning.ot import SOLVERS, OTCoupler, draw_source_labels, pair_cost, squared_euclidean
+from otflow_lightning.ot.solvers import HAS_LAPJV, repair_permutation, solve_auction
+
+EXACT = ["exact", "emd", "lsa"] + (["lapjv"] if HAS_LAPJV else [])
+
+
+def brute_force_cost(cost: torch.Tensor) -> float:
+    n = cost.shape[0]
+    return min(float(cost[torch.arange(n), torch.tensor(p)].sum()) for p in itertools.permutations(range(n)))
+
+
+def is_permutation(perm: torch.Tensor, n: int) -> bool:
+    return perm.dtype == torch.long and sorted(perm.tolist()) == list(range(n))
+
+
+def clouds(n, d, seed=0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) + shift
+
+
+@pytest.mark.parametrize("method", EXACT + ["auction"])
+@pytest.mark.parametrize("d", [2, 40])
+def test_exact_methods_match_brute_force(method, d):
+    for seed in range(4):
+        x0, x1 = clouds(7, d, seed, shift=0.5)
+        perm = OTCoupler(method).match(x0, x1)
+        assert is_permutation(perm, 7)
+        cost = squared_euclidean(x0, x1, torch.float64)
+        got = float(cost[torch.arange(7), perm].sum())
+        assert got == pytest.approx(brute_force_cost(cost), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_exact_agrees_with_scipy_on_larger_batches(method):
+    for d in (2, 64):
+        x0, x1 = clouds(200, d, seed=d)
+        cost = squared_euclidean(x0, x1, torch.float64)
+        ref = cost[torch.arange(200), OTCoupler("lsa").match(x0, x1)].sum()
+        got = cost[torch.arange(200), OTCoupler(method).match(x0, x1)].sum()
+        assert float(got) == pytest.approx(float(ref), rel=1e-12)
+
+
+def gap_closed(x0, x1, perm):
+    opt = OTCoupler("lsa").match(x0, x1)
+    c_ind, c_opt, c = (float(pair_cost(x0, x1[p]).sum()) for p in (torch.arange(len(x0)), opt, perm))
+    return (c_ind - c) / (c_ind - c_opt)
+
+
+@pytest.mark.parametrize(
+    "method, options, d, floor",
+    [
+        ("auction", {}, 2, 0.99),
+        ("auction", {}, 256, 0.99),
+        ("sinkhorn", {}, 2, 0.98),
+        ("sinkhorn", {}, 256, 0.95),
+        ("bsp", {}, 2, 0.95),
+    ],
+)
+def test_approximate_methods_close_the_gap(method, options, d, floor):
+    x0, x1 = clouds(128, d, seed=1)
+    x1 = x1 + torch.where(torch.arange(128)[:, None] % 2 == 0, 2.0, -2.0)  # two clusters
+    coupling = OTCoupler(method, **options).couple(x0, x1)
+    assert is_permutation(coupling.perm, 128)
+    assert gap_closed(x0, x1, coupling.perm) >= floor
+    assert coupling.cost_ratio < 1.0
+
+
+def test_stats_are_logged_every_step():
+    x0, x1 = clouds(32, 2, shift=3.0)
+    stats = OTCoupler("auction").couple(x0, x1).stats()
+    assert {"coupling/cost_ratio", "coupling/ms", "coupling/iterations", "coupling/failures"} <= stats.keys()
+    assert 0 < stats["coupling/cost_ratio"] < 1 and stats["coupling/iterations"] > 0
+
+
+def test_cost_is_accurate_far_from_origin():
+    x0, x1 = clouds(6, 3, seed=3)
+    a, b = x0 + 1e4, x1 + 1e4  # float32 inputs far from the origin
+    exact = (a.double()[:, None] - b.double()[None]).square().sum(-1)
+    assert torch.allclose(squared_euclidean(a, b), exact, rtol=1e-12, atol=1e-9)
+    naive = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T  # the cancelling matmul form
+    assert (naive.double() - exact).abs().max() > 1.0
+
+
+@pytest.mark.parametrize(
+    "x0, x1, match",
+    [
+        (torch.zeros(0, 2), torch.zeros(0, 2), "empty"),
+        (torch.zeros(4, 2), torch.zeros(5, 2), "same shape"),
+        (torch.tensor([[0.0, float("nan")]] * 2), torch.zeros(2, 2), "x0"),
+        (torch.zeros(2, 2), torch.tensor([[float("inf"), 0.0]] * 2), "x1"),
+    ],
+)
+def test_bad_batches_raise_value_error_naming_the_argument(x0, x1, match):
+    with pytest.raises(ValueError, match=match):
+        OTCoupler("exact").match(x0, x1)
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="method"):
+        OTCoupler("hungarian")
+    with pytest.raises(ValueError, match="on_failure"):
+        OTCoupler("exact", on_failure="ignore")
+    with pytest.raises(ValueError, match="c0 and c1"):
+        OTCoupler().match(torch.zeros(2, 2), torch.zeros(2, 2), c0=torch.zeros(2))
+
+
+def test_unconverged_solve_raises_or_is_counted(caplog):
+    x0, x1 = clouds(64, 2, shift=1.0)
+    with pytest.raises(RuntimeError, match="budget"):
+        OTCoupler("auction", max_rounds=3, check_every=1).match(x0, x1)
+    coupler = OTCoupler("auction", on_failure="warn", max_rounds=3, check_every=1)
+    with caplog.at_level(logging.WARNING):
+        first = coupler.couple(x0, x1)
+        second = coupler.couple(x0, x1)
+    assert is_permutation(first.perm, 64) and not first.converged
+    assert second.stats()["coupling/failures"] == 2.0 and coupler.failures == 2
+    assert "budget" in caplog.text
+
+
+def test_repair_permutation_completes_a_partial_assignment():
+    assigned = torch.tensor([3, -1, 0, -1, -1, 1])
+    perm = repair_permutation(assigned)
+    assert is_permutation(perm, 6) and perm[[0, 2, 5]].tolist() == [3, 0, 1]
+
+
+def test_auction_runs_on_float32_costs_and_stops_early():
+    x0, x1 = clouds(128, 16, seed=5)
+    sol = solve_auction(squared_euclidean(x0, x1, torch.float32))
+    assert sol.converged and sol.iterations < 20_000
+    assert gap_closed(x0, x1, sol.perm) > 0.99
+
+
+# ---------------------------------------------------------------- conditional coupling (C2OT)
+def labelled_target(n, seed=0):
+    """Two classes at x = -3 and x = +3."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    x1 = torch.randn(n, 2, generator=g) * 0.3
+    x1[:, 0] += torch.where(labels == 1, 3.0, -3.0)
+    return x1, labels, g
+
+
+@pytest.mark.parametrize("label_weight", [None, 1e3])
+def test_conditional_pairs_respect_labels(label_weight):
+    x1, c1, g = labelled_target(200)
+    x0 = torch.randn(200, 2, generator=g)
+    c0 = draw_source_labels(c1, g)
+    assert torch.equal(torch.bincount(c0), torch.bincount(c1))
+    perm = OTCoupler("exact", label_weight=label_weight).match(x0, x1, c0, c1)
+    assert is_permutation(perm, 200)
+    assert torch.equal(c1[perm], c0)
+
+
+def test_strict_labels_are_optimal_within_each_class():
+    x1, c1, g = labelled_target(60, seed=2)
+    x0, c0 = torch.randn(60, 2, generator=g), draw_source_labels(c1, g)
+    perm = OTCoupler("exact").match(x0, x1, c0, c1)
+    for k in (0, 1):
+        rows, cols = torch.nonzero(c0 == k).flatten(), torch.nonzero(c1 == k).flatten()
+        sub = OTCoupler("lsa").match(x0[rows], x1[cols])
+        assert float(pair_cost(x0[rows], x1[perm[rows]]).sum()) == pytest.approx(float(pair_cost(x0[rows], x1[cols[sub]]).sum()))
+
+
+def test_conditional_source_is_the_prior_in_every_class_while_inherited_labels_skew_it():
+    """C2OT's train/test skew: after plain OT, noise paired with class 1 (at x=+3) sits at x > 0."""
+    x1, c1, g = labelled_target(2000, seed=3)
+    x0 = torch.randn(2000, 2, generator=g)
+    inherited = c1[OTCoupler("exact").match(x0, x1)]  # plain OT, then the noise takes its partner's label
+    c0 = draw_source_labels(c1, g)
+    OTCoupler("exact").match(x0, x1, c0, c1)
+    for k in (0, 1):
+        # under conditional coupling each class's noise is N(0, I): mean ~ 0 (std error ~ 0.03)
+        assert abs(float(x0[c0 == k, 0].mean())) < 0.15
+    assert abs(float(x0[inherited == 1, 0].mean())) > 0.5  # the skew the conditional coupling avoids
+
+
+def test_strict_labels_need_equal_counts():
+    x1, c1, g = labelled_target(20)
+    with pytest.raises(ValueError, match="draw_source_labels"):
+        OTCoupler("exact").match(torch.randn(20, 2), x1, torch.zeros(20, dtype=torch.long), c1)
+
+
+def test_every_registered_solver_returns_a_permutation():
+    x0, x1 = clouds(50, 3, seed=7)
+    for method in SOLVERS:
+        assert is_permutation(OTCoupler(method).match(x0, x1), 50), method
