@@ -13,7 +13,22 @@ from ..data.datamodule import Pair
 from ..data.sources import check_source, draw_source
 from ..utils import rank_generator
 
-__all__ = ["OneStepModule"]
+__all__ = ["OneStepModule", "draw_times", "check_time_dist"]
+
+TIME_DISTS = ("logit_normal", "uniform")
+
+
+def check_time_dist(time_dist: str) -> None:
+    """Raise ``ValueError`` unless ``time_dist`` is a known time distribution."""
+    if time_dist not in TIME_DISTS:
+        raise ValueError(f"time_dist must be one of {TIME_DISTS}, got {time_dist!r}")
+
+
+def draw_times(shape: tuple[int, ...], time_dist: str, mean: float, std: float, generator, device) -> Tensor:
+    """Times in [0, 1] of ``shape``: ``uniform``, or ``logit_normal`` = ``sigmoid(N(mean, std^2))``."""
+    if time_dist == "uniform":
+        return torch.rand(shape, device=device, generator=generator)
+    return torch.sigmoid(torch.randn(shape, device=device, generator=generator) * std + mean)
 
 
 class OneStepModule(pl.LightningModule):

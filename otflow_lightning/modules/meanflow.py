@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..data.datamodule import Pair
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, flat_dim
+from .base import OneStepModule, check_time_dist, draw_times, flat_dim
 
 __all__ = ["OTMeanFlow"]
 
@@ -81,8 +81,7 @@ class OTMeanFlow(OneStepModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
     ) -> None:
-        if time_dist not in ("logit_normal", "uniform"):
-            raise ValueError(f"time_dist must be 'logit_normal' or 'uniform', got {time_dist!r}")
+        check_time_dist(time_dist)
         if not 0.0 <= interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in [0, 1], got {interval_fraction}")
         if net is None:
@@ -105,10 +104,7 @@ class OTMeanFlow(OneStepModule):
         them during ``fm_warmup_steps``) gets ``e = t``.
         """
         gen = self.time_generator()
-        if self.time_dist == "uniform":
-            a = torch.rand(2, n, device=self.device, generator=gen)
-        else:
-            a = torch.sigmoid(torch.randn(2, n, device=self.device, generator=gen) * self.time_std + self.time_mean)
+        a = draw_times((2, n), self.time_dist, self.time_mean, self.time_std, gen, self.device)
         t, e = a.min(0).values, a.max(0).values
         fraction = 0.0 if self.global_step < self.fm_warmup_steps else self.interval_fraction
         same = torch.rand(n, device=self.device, generator=gen) >= fraction

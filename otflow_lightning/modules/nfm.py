@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..data.datamodule import Pair
 from ..nets.flows import ResidualFlowMap
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, flat_dim
+from .base import OneStepModule, check_time_dist, draw_times, flat_dim
 
 __all__ = ["OTNeuralFlowMatching", "variance_ratio"]
 
@@ -71,8 +71,7 @@ class OTNeuralFlowMatching(OneStepModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
     ) -> None:
-        if time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"time_dist must be 'uniform' or 'logit_normal', got {time_dist!r}")
+        check_time_dist(time_dist)
         if endpoint_weight < 0:
             raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
         if net is None:
@@ -85,10 +84,7 @@ class OTNeuralFlowMatching(OneStepModule):
     # ---------------------------------------------------------------- training
     def sample_times(self, n: int) -> Tensor:
         """Regression times ``(n,)`` in [0, 1] from ``time_dist``."""
-        gen = self.time_generator()
-        if self.time_dist == "uniform":
-            return torch.rand(n, device=self.device, generator=gen)
-        return torch.sigmoid(torch.randn(n, device=self.device, generator=gen) * self.time_std + self.time_mean)
+        return draw_times((n,), self.time_dist, self.time_mean, self.time_std, self.time_generator(), self.device)
 
     def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
         x0, x1 = pair.x0, pair.x1
