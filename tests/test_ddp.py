@@ -29,7 +29,8 @@ class RecordRanks(pl.Callback):
         torch.save({**self.first, "weights": weights}, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
-def test_two_cpu_ranks_differ_in_noise_and_agree_in_weights(tmp_path):
+def test_two_cpu_ranks_differ_in_noise_and_agree_in_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by the spawned workers; 2 ranks share the CPU
     pl.seed_everything(0)
     model = OTMeanFlow(UNet(1, preset="tiny"), data_shape=(1, 8, 8), time_mean=0.4, lr=1e-2)
     initial = {k: v.clone() for k, v in model.state_dict().items()}

@@ -6,6 +6,15 @@ import torch
 from otflow_lightning.nets import UNet
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: small convolutions on a shared CPU run many times faster than with several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomised(net: UNet) -> UNet:
     # the zero-initialised output convs make a fresh net the zero map; give every weight a value
     torch.manual_seed(0)
@@ -73,3 +82,16 @@ def test_bad_input_errors():
         net(torch.randn(1, 1, 8, 8), 0.1, 0.2, labels=torch.tensor([0]))
     with pytest.raises(ValueError, match="preset"):
         UNet(1, preset="huge")
+
+
+@pytest.mark.slow
+def test_compiled_unet_under_jvp_matches_eager():
+    # compile is an option: the JVP still runs (eagerly, see UNet's docstring) and gives the same numbers
+    eager = _randomised(UNet(1, preset="tiny"))
+    compiled = _randomised(UNet(1, preset="tiny", compile=True))
+    x, t, h = torch.randn(4, 1, 8, 8), torch.rand(4), torch.rand(4)
+    tangents = (torch.randn_like(x), torch.ones_like(t), torch.zeros_like(h))
+    torch.testing.assert_close(compiled(x, t, h), eager(x, t, h), rtol=1e-4, atol=1e-5)
+    for a, b in zip(torch.func.jvp(compiled, (x, t, h), tangents), torch.func.jvp(eager, (x, t, h), tangents)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints stay portable
