@@ -2,22 +2,25 @@
 
 Public API::
 
-    from otflow_lightning import OTMeanFlow, OTPairDataModule, OTCoupler
+    from otflow_lightning import OTMeanFlow, OTNeuralFlowMatching, OTPairDataModule, OTCoupler
 """
 
-from .callbacks import SamplingCallback, WassersteinCallback
+from .callbacks import FIDCallback, SamplingCallback, WassersteinCallback
 from .data import OTPairDataModule, Pair
-from .modules import OneStepModule, OTMeanFlow
-from .ot import OTCoupler
+from .modules import OneStepModule, OTMeanFlow, OTNeuralFlowMatching
+from .ot import OnlineCoupling, OTCoupler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OTMeanFlow",
+    "OTNeuralFlowMatching",
     "OneStepModule",
     "OTPairDataModule",
     "Pair",
     "OTCoupler",
+    "OnlineCoupling",
+    "FIDCallback",
     "SamplingCallback",
     "WassersteinCallback",
 ]

@@ -1,35 +1,99 @@
-"""Pieces the evaluation callbacks share."""
+"""What the evaluation callbacks share: the module protocol, fixed noise split across ranks, real
+data read by index, and when evaluation runs (inside validation, so EMA weights are in).
+
+**Module protocol.** A callback needs only
+
+- ``sample(x0, steps) -> Tensor``: map source samples ``(n, *data_shape)`` to target samples;
+- ``data_shape``: the shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``;
+- optionally ``source`` (default ``"gaussian"``: N(0, I); or a 2D toy name) and
+  ``supported_steps`` (the step counts ``sample`` accepts; default: evaluate at 1 step).
+
+Images are in [-1, 1].
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["eval_steps", "fixed_source", "batch_target"]
+from ..data.datasets import IndexedDataset
+from ..data.sources import draw_source
+
+__all__ = [
+    "EvalCallback",
+    "batch_target",
+    "check_protocol",
+    "eval_steps",
+    "generate",
+    "real_batches",
+    "resolve_dataset",
+    "shard",
+    "source_noise",
+]
+
+
+def check_protocol(module: pl.LightningModule) -> tuple[str, tuple[int, ...]]:
+    """The module's ``(source, data_shape)``; ``TypeError`` naming what is missing."""
+    shape = getattr(module, "data_shape", None)
+    if not callable(getattr(module, "sample", None)) or shape is None:
+        raise TypeError(
+            f"{type(module).__name__} cannot be evaluated: the callbacks need a method sample(x0, steps) and an "
+            "attribute data_shape (the shape of one sample, e.g. (2,) or (3, 32, 32)); optional: source "
+            "(default 'gaussian') and supported_steps"
+        )
+    return getattr(module, "source", "gaussian"), tuple(int(s) for s in shape)
 
 
 def eval_steps(module: pl.LightningModule, steps: Sequence[int] | None) -> list[int]:
-    """Step counts to evaluate: ``steps``, or 1 (plus the module's ``supported_steps`` if listed)."""
-    if steps is not None:
-        return [int(s) for s in steps]
+    """Step counts to evaluate: ``steps``, else the module's ``supported_steps``, else ``[1]``.
+
+    Raises:
+        ValueError: a requested count is not in the module's ``supported_steps``.
+    """
     supported = getattr(module, "supported_steps", None)
-    return [1] if supported is None else sorted(set(supported))
+    if steps is None:
+        return [1] if supported is None else sorted(set(int(s) for s in supported))
+    steps = [int(s) for s in steps]
+    bad = [s for s in steps if s < 1 or (supported is not None and s not in supported)]
+    if bad:
+        allowed = "positive integers" if supported is None else sorted(supported)
+        raise ValueError(f"steps={steps}: {type(module).__name__} cannot sample with {bad} steps; allowed: {allowed}")
+    return steps
 
 
-def fixed_source(module: pl.LightningModule, n: int, seed: int) -> Tensor:
-    """``n`` source samples from the module's source, the same ones at every call (fixed ``seed``)."""
-    from ..data.sources import draw_source
+def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items: exact, no padding."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    x0 = draw_source(module.source, n, module.data_shape, generator=gen, device="cpu")
-    return x0.to(module.device)
+
+def source_noise(module: pl.LightningModule, start: int, stop: int, seed: int, chunk: int = 1000) -> Iterator[Tensor]:
+    """Source samples ``start..stop`` of a fixed sequence, in pieces of at most ``chunk``, on the module's device.
+
+    Sample ``i`` belongs to chunk ``i // chunk``, drawn on the CPU from ``seed + i // chunk``: the
+    same sample set for any split across ranks, any device and at every call.
+    """
+    source, shape = check_protocol(module)
+    for c in range(start // chunk, -(-stop // chunk)):
+        gen = torch.Generator(device="cpu").manual_seed(seed + c)
+        x0 = draw_source(source, chunk, shape, generator=gen, device="cpu")
+        lo, hi = max(start - c * chunk, 0), min(stop - c * chunk, chunk)
+        yield x0[lo:hi].to(module.device)
+
+
+def generate(module: pl.LightningModule, start: int, stop: int, steps: int, seed: int, chunk: int = 1000) -> Iterator[Tensor]:
+    """Samples ``start..stop`` (see :func:`source_noise`) mapped by ``module.sample(x0, steps)``."""
+    for x0 in source_noise(module, start, stop, seed, chunk):
+        yield module.sample(x0, steps=steps)
 
 
 def batch_target(batch) -> Tensor:
-    """The target tensor of a validation batch: ``Pair.x1``, or the first tensor of a tuple."""
+    """The target tensor of a batch: ``Pair.x1``, or the first tensor of a tuple."""
     x1 = getattr(batch, "x1", None)
     if x1 is not None:
         return x1
@@ -38,3 +102,92 @@ def batch_target(batch) -> Tensor:
     if not isinstance(batch, Tensor):
         raise TypeError(f"cannot find the target samples in a batch of type {type(batch).__name__}")
     return batch
+
+
+def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
+    """The real data set: ``real`` itself, or the dataset of the trainer's ``"train"`` / ``"val"`` loader."""
+    if isinstance(real, Dataset):
+        return real
+    if real not in ("train", "val"):
+        raise ValueError(f"real={real!r}: give 'train', 'val' or a Dataset of images / points")
+    loaders = trainer.train_dataloader if real == "train" else trainer.val_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    dataset = getattr(loaders, "dataset", None)
+    if dataset is None:
+        raise ValueError(f"real={real!r} but the trainer has no {real} dataloader with a dataset; pass real=<Dataset>")
+    return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
+
+
+def real_batches(dataset: Dataset, start: int, stop: int, batch_size: int, device) -> Iterator[Tensor]:
+    """Items ``start..stop`` of ``dataset`` (tensors or ``(tensor, label)``), batched, on ``device``."""
+    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        yield batch_target(batch).to(device)
+
+
+class EvalCallback(pl.Callback):
+    """Base of the evaluation callbacks: :meth:`evaluate` runs inside validation and its results
+    are logged at the end of the validation epoch.
+
+    It runs in ``on_validation_batch_end`` of the first batch (not in the epoch hooks), where
+    Lightning's ``EMAWeightAveraging`` has swapped its averaged weights in whatever the callback
+    order; training hooks would see the raw weights. So the trainer needs a validation loop (a
+    ``validation_step`` and a validation dataloader) and evaluates at its pace; sanity checks are
+    skipped.
+
+    Args:
+        every_n_epochs: evaluate every this many validation runs (default: every run).
+        every_n_steps: instead, evaluate at the first validation run at least this many training
+            steps after the previous evaluation (set ``Trainer(val_check_interval=...)`` to match).
+    """
+
+    def __init__(self, every_n_epochs: int | None = None, every_n_steps: int | None = None) -> None:
+        if every_n_epochs is not None and every_n_steps is not None:
+            raise ValueError("give every_n_epochs or every_n_steps, not both")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self._runs = 0
+        self._last_step: int | None = None
+        self._results: dict[str, Tensor] = {}
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
+        """Evaluate ``pl_module`` (called on every rank); return ``{log name: scalar}``, equal on all ranks."""
+        raise NotImplementedError
+
+    @property
+    def state_key(self) -> str:
+        # distinct keys let two instances of a callback keep their schedules in one checkpoint
+        return self._generate_state_key(**{k: str(v) for k, v in vars(self).items() if k in ("name", "method", "n_samples")})
+
+    def state_dict(self) -> dict:
+        return {"runs": self._runs, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._runs, self._last_step = state_dict["runs"], state_dict["last_step"]
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        self._runs += 1
+        if self.every_n_steps is not None:
+            if self._last_step is not None and trainer.global_step - self._last_step < self.every_n_steps:
+                return False
+        elif (self._runs - 1) % (self.every_n_epochs or 1):
+            return False
+        self._last_step = trainer.global_step
+        return True
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0 or not self._due(trainer):
+            return
+        with torch.no_grad():
+            self._results = self.evaluate(trainer, pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        results, self._results = self._results, {}
+        for name, value in results.items():
+            # the value is already the same on every rank (the metrics sync); sync_dist keeps Lightning quiet
+            pl_module.log(name, value.float().to(pl_module.device), sync_dist=True)

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .common import batch_target, eval_steps, fixed_source
+from ..metrics.fid import images_to_uint8
+from .common import EvalCallback, batch_target, check_protocol, eval_steps, source_noise
 
 __all__ = ["SamplingCallback", "render_samples"]
 
 
 def _image_grid(x: Tensor, nrow: int) -> np.ndarray:
     """Tile ``(n, c, h, w)`` images in [-1, 1] into an ``(H, W, 3)`` uint8 array."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    x = images_to_uint8(x).cpu()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     n, c, h, w = x.shape
@@ -61,34 +62,50 @@ def render_samples(samples: dict[str, Tensor], reference: Tensor | None = None, 
     return image
 
 
-class SamplingCallback(pl.Callback):
-    """Every ``every_n_epochs`` validation runs, map a fixed source batch at each step count and write
-    ``samples/step{global_step:07d}.png`` in the run folder plus a TensorBoard image ``samples``.
+class SamplingCallback(EvalCallback):
+    """One-step (and few-step) samples from a fixed source batch, as PNG files and TensorBoard images.
 
-    Generation happens inside the validation epoch, so an ``EMAWeightAveraging`` model is shown
-    with its averaged weights.
+    The source batch is the same at every call (``seed``), so successive pictures differ only by
+    the model. 2D points are drawn as scatter plots over the validation batch, images as grids (at
+    most 64). Written by global rank 0 to ``<log_dir>/samples/step{global_step:07d}.png`` and, with a
+    TensorBoard logger, as the image ``samples``. Runs inside validation (see :class:`EvalCallback`),
+    so an ``EMAWeightAveraging`` model is shown with its averaged weights.
 
     Args:
-        n_samples: points (2D) or images (at most 64 are drawn) to generate.
-        steps: step counts; default the module's supported ones, or ``[1]``.
-        every_n_epochs: render every this many validation runs.
-        seed: seed of the fixed source batch (the same noise each time, so progress is visible).
+        n_samples: points or images to generate; default 2000 points, or 64 images.
+        steps: step counts; default the module's ``supported_steps``, or ``[1]``.
+        seed: seed of the fixed source batch.
+        every_n_epochs: render every this many validation runs (default every run).
+        every_n_steps: instead, render when at least this many training steps have passed.
     """
 
-    def __init__(self, n_samples: int = 2000, steps: Sequence[int] | None = None, every_n_epochs: int = 1, seed: int = 4321) -> None:
-        self.n_samples, self.steps, self.every_n_epochs, self.seed = n_samples, steps, every_n_epochs, seed
-        self._calls = 0
+    def __init__(
+        self,
+        n_samples: int | None = None,
+        steps: Sequence[int] | None = None,
+        seed: int = 4321,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__(every_n_epochs, every_n_steps)
+        self.n_samples, self.steps, self.seed = n_samples, steps, seed
         self.last_path: str | None = None
+        self.last_samples: dict[int, Tensor] = {}
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
-            return
-        self._calls += 1
-        if (self._calls - 1) % self.every_n_epochs or not trainer.is_global_zero:
-            return
-        x0 = fixed_source(pl_module, self.n_samples, self.seed)
-        samples = {f"{s} step{'s' if s > 1 else ''}": pl_module.sample(x0, steps=s) for s in eval_steps(pl_module, self.steps)}
-        image = render_samples(samples, reference=batch_target(batch), title=f"step {trainer.global_step}")
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_protocol(pl_module)
+        eval_steps(pl_module, self.steps)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
+        if not trainer.is_global_zero:
+            return {}
+        _, shape = check_protocol(pl_module)
+        n = self.n_samples or (2000 if len(shape) == 1 else 64)
+        x0 = next(source_noise(pl_module, 0, n, self.seed, chunk=n))
+        self.last_samples = {s: pl_module.sample(x0, steps=s) for s in eval_steps(pl_module, self.steps)}
+        labelled = {f"{s} step{'s' if s > 1 else ''}": x for s, x in self.last_samples.items()}
+        reference = batch_target(batch) if len(shape) == 1 else None
+        image = render_samples(labelled, reference=reference, title=f"step {trainer.global_step}")
         folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         self.last_path = os.path.join(folder, f"step{trainer.global_step:07d}.png")
@@ -99,3 +116,4 @@ class SamplingCallback(pl.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("samples", image, trainer.global_step, dataformats="HWC")
+        return {}

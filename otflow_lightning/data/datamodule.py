@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..ot import OTCoupler, check_batch
+from ..ot import OnlineCoupling, OTCoupler, check_batch
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .images import IMAGE_DATASETS, ZipDataset, image_dataset
@@ -66,7 +66,9 @@ class OTPairDataModule(pl.LightningDataModule):
             ``Dataset`` of tensors or ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
         coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``bsp``,
-            ``lsa``, ``independent``) or an ``OTCoupler``.
+            ``lsa``, ``independent``) or an ``OTCoupler``; or ``online`` / an
+            :class:`~otflow_lightning.ot.OnlineCoupling` for a persistent assignment keyed by
+            dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it).
         batch_size: per-rank batch size, which is also the OT batch.
         val_target: validation dataset; default for toys: ``val_size`` fresh points.
         toy_size: points in a toy training set (drawn once from ``seed``).
@@ -85,7 +87,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self,
         target: str | Dataset = "moons",
         source: str = "gaussian",
-        coupling: str | OTCoupler = "exact",
+        coupling: str | OTCoupler | OnlineCoupling = "exact",
         batch_size: int = 256,
         val_target: Dataset | None = None,
         toy_size: int = 50_000,
@@ -105,15 +107,20 @@ class OTPairDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         check_source(source)
         self.target, self.source = target, source
-        self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
+        if coupling == "online":
+            coupling = OnlineCoupling()
+        self.online = coupling if isinstance(coupling, OnlineCoupling) else None
+        if self.online is not None:
+            self.coupler = self.online.coupler
+        else:
+            self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.root, self.download, self.dataset_options, self.source_data = root, download, dict(dataset_options or {}), source_data
         self._train: Dataset | None = None
         self._source_train: Dataset | None = None
         self._source_val: Dataset | None = None
-        self._generators: dict[str, torch.Generator] = {}
-        self._val_step = -1
+        self._generator: torch.Generator | None = None
 
     # ---------------------------------------------------------------- data
     @property
@@ -142,6 +149,11 @@ class OTPairDataModule(pl.LightningDataModule):
             self._source_train = self._source_val = self.source_data
         if self._source_train is None:
             check_source(self.source, self.data_shape)
+        elif self.online is not None:
+            raise ValueError("the online coupling draws its own Gaussian source; it cannot be combined with source_data")
+        if self.online is not None:
+            shape = self.data_shape
+            self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
         """Training and test split of a named image dataset (folders have no test split)."""
@@ -180,27 +192,30 @@ class OTPairDataModule(pl.LightningDataModule):
         val = self.val_target if self._source_val is None else ZipDataset(self.val_target, self._source_val)
         return self._loader(val, shuffle=False, drop_last=False)
 
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
     # ---------------------------------------------------------------- source noise
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def generator(self, kind: str, device: torch.device) -> torch.Generator:
-        """Per-rank generator ``kind`` (``train`` or ``val``) on ``device``, created on first use."""
-        gen = self._generators.get(kind)
-        if gen is None or gen.device != device:
-            step = self.trainer.global_step if (self.trainer is not None and kind == "train") else 0
+    def generator(self, device: torch.device) -> torch.Generator:
+        """Per-rank training generator on ``device``, created on first use."""
+        if self._generator is None or self._generator.device != device:
+            # keyed by the step too, so a resumed run draws fresh noise
+            step = self.trainer.global_step if self.trainer is not None else 0
             base = torch.initial_seed() if self.seed is None else self.seed
-            gen = rank_generator(device, base, self._rank(), step, "source" if kind == "train" else "val")
-            self._generators[kind] = gen
-        return gen
+            self._generator = rank_generator(device, base, self._rank(), step, "source")
+        return self._generator
 
-    def _val_generator(self, device: torch.device) -> torch.Generator:
-        # the same validation noise at every validation run, so losses compare across steps
-        step = self.trainer.global_step if self.trainer is not None else 0
-        if step != self._val_step:
-            self._generators.pop("val", None)
-            self._val_step = step
-        return self.generator("val", device)
+    def _val_generator(self, device: torch.device, index: Tensor) -> torch.Generator:
+        # keyed by the batch's first dataset index: the same batch always gets the same noise,
+        # so validation figures compare across steps
+        base = torch.initial_seed() if self.seed is None else self.seed
+        return rank_generator(device, base, self._rank(), int(index[0]), "val")
 
     def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
         """Source batch shaped like ``x1``, drawn on its device."""
@@ -218,14 +233,27 @@ class OTPairDataModule(pl.LightningDataModule):
             (index, item), source_item = batch, None
         x1, labels = _split_item(item)
         training = self.trainer is not None and self.trainer.training
+        coupling = None
         if source_item is not None:
             x0 = _split_item(source_item)[0].to(x1.dtype)
         else:
-            generator = self.generator("train", x1.device) if training else self._val_generator(x1.device)
-            x0 = self.draw_source(x1, generator)
-        check_batch(x0, x1)
-        if not training:
-            return Pair(x0, x1, labels, index)
-        coupling = self.coupler.couple(x0, x1)
+            generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
+            if training and self.online is not None:
+                x0, coupling = self.online.couple(x1, index, generator)
+            else:
+                x0 = self.draw_source(x1, generator)
+        if coupling is None:
+            check_batch(x0, x1)
+            if not training:
+                return Pair(x0, x1, labels, index)
+            coupling = self.coupler.couple(x0, x1)
         perm = coupling.perm
         return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
+
+    # ---------------------------------------------------------------- checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.online is None else {"online": self.online.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.online is not None and "online" in state_dict:
+            self.online.load_state_dict(state_dict["online"])

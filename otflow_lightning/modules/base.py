@@ -109,15 +109,24 @@ class OneStepModule(pl.LightningModule):
         loss, logs = self.loss(pair)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}; lower lr or check the data")
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()})
+        n = len(pair)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=n)
         if pair.stats:
-            self.log_dict(pair.stats)
+            self.log_dict(pair.stats, batch_size=n)
         return loss
 
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
         loss, _ = self.loss(self._as_pair(batch))
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+
+    def test_step(self, batch: Pair, batch_idx: int) -> None:
+        loss, _ = self.loss(self._as_pair(batch))
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch))
+
+    def predict_step(self, batch: Pair, batch_idx: int) -> Tensor:
+        """One-step samples from the batch's source draws: ``(n, *data_shape)``."""
+        return self.sample(self._as_pair(batch).x0, steps=1)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

@@ -1,0 +1,141 @@
+r"""OT-NFM: ODE-free neural flow matching on coupled pairs (one network call generates).
+
+The network *is* the flow map :math:`F_\theta(x_0, t)` (a neural flow, :math:`F(x_0, 0) = x_0` by
+construction; see :mod:`otflow_lightning.nets.flows`), regressed onto the linear interpolant of
+coupled pairs :math:`(x_0, x_1) \sim \pi`:
+
+.. math::  \mathcal{L} = \mathbb{E}_{\pi,\, t}\, \|F_\theta(x_0, t) - x_t\|^2
+           + w_1\, \mathbb{E}_\pi \|F_\theta(x_0, 1) - x_1\|^2, \qquad x_t = (1 - t) x_0 + t x_1 .
+
+Its minimiser is :math:`F^*(x_0, t) = (1 - t) x_0 + t\, \mathbb{E}_\pi[x_1 \mid x_0]`, so one call
+:math:`F(x_0, 1) = \mathbb{E}_\pi[x_1 \mid x_0]` generates. **Mean collapse** (the paper's Theorem 1):
+under the independent coupling :math:`\pi = p_0 \otimes p_1` that conditional mean is the data mean
+for every :math:`x_0`, so all samples collapse to one point; the map is non-degenerate only when
+:math:`\mathbb{E}_\pi[x_1 \mid x_0]` varies with :math:`x_0`, which a deterministic (Monge) coupling
+guarantees. Minibatch OT gives a batch-blurred map; persistent couplings
+(:class:`~otflow_lightning.ot.OnlineCoupling`) sharpen it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data.datamodule import Pair
+from ..nets.flows import ResidualFlowMap
+from ..nets.mlp import TimeMLP
+from .base import OneStepModule, flat_dim
+
+__all__ = ["OTNeuralFlowMatching", "variance_ratio"]
+
+
+def variance_ratio(generated: Tensor, target: Tensor) -> Tensor:
+    """Total variance of ``generated`` over that of ``target`` (both ``(n, ...)``): near 0 is mean collapse."""
+    return generated.flatten(1).var(0).sum() / target.flatten(1).var(0).sum().clamp_min(1e-12)
+
+
+class OTNeuralFlowMatching(OneStepModule):
+    """OT-NFM: a neural-flow map ``F(x0, t)`` regressed onto the interpolant of OT-coupled pairs.
+
+    The network is the flow map, called ``net(x, t)`` with ``x`` ``(n, *data_shape)`` and ``t``
+    ``(n,)``; it must satisfy ``net(x, 0) == x`` (every map in :mod:`otflow_lightning.nets.flows`
+    does by construction). :meth:`sample` is one call ``F(x0, 1)``; maps with an ``inverse(y, t)``
+    (``ResNetFlow``, ``AffineCouplingFlow``) also give :meth:`inverse`, data -> source in one call.
+    Validation logs ``val/var_ratio`` (generated over target variance; near 0 means mean collapse).
+
+    Args:
+        net: the flow map; default :class:`~otflow_lightning.nets.ResidualFlowMap` around a 3x256
+            :class:`~otflow_lightning.nets.TimeMLP`.
+        time_dist: ``uniform`` or ``logit_normal`` sampler of the regression time ``t``.
+        time_mean, time_std: logit-normal parameters.
+        endpoint_weight: weight ``w_1`` of the extra ``t = 1`` term (0 turns it off); it costs a
+            second forward pass on the batch.
+        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, ...).
+    """
+
+    supported_steps = (1,)
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        source: str = "gaussian",
+        data_shape: Sequence[int] = (2,),
+        time_dist: str = "uniform",
+        time_mean: float = 0.0,
+        time_std: float = 1.0,
+        endpoint_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+    ) -> None:
+        if time_dist not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_dist must be 'uniform' or 'logit_normal', got {time_dist!r}")
+        if endpoint_weight < 0:
+            raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
+        if net is None:
+            net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1))
+        super().__init__(net, source, data_shape, lr, weight_decay, betas, warmup_steps)
+        self.save_hyperparameters(ignore=["net"])
+        self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
+        self.endpoint_weight = endpoint_weight
+
+    # ---------------------------------------------------------------- training
+    def sample_times(self, n: int) -> Tensor:
+        """Regression times ``(n,)`` in [0, 1] from ``time_dist``."""
+        gen = self.time_generator()
+        if self.time_dist == "uniform":
+            return torch.rand(n, device=self.device, generator=gen)
+        return torch.sigmoid(torch.randn(n, device=self.device, generator=gen) * self.time_std + self.time_mean)
+
+    def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, x1 = pair.x0, pair.x1
+        n = x0.shape[0]
+        t = self.sample_times(n)
+        if self.endpoint_weight > 0:  # one forward for both terms
+            t = torch.cat([t, torch.ones_like(t)])
+            x0, x1 = torch.cat([x0, x0]), torch.cat([x1, x1])
+        tc = t.reshape((-1,) + (1,) * (x0.ndim - 1))
+        x_t = (1 - tc) * x0 + tc * x1
+        sq_error = (self.net(x0, t) - x_t).flatten(1).square().mean(1)
+        flow = sq_error[:n].mean()
+        if self.endpoint_weight == 0:
+            return flow, {"flow_mse": flow.detach()}
+        endpoint = sq_error[n:].mean()
+        return flow + self.endpoint_weight * endpoint, {"flow_mse": flow.detach(), "endpoint_mse": endpoint.detach()}
+
+    def validation_step(self, batch: Pair, batch_idx: int) -> None:
+        pair = self._as_pair(batch)
+        loss, _ = self.loss(pair)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
+        # collapse detector: one-step samples of this batch's source against its targets
+        self.log("val/var_ratio", variance_ratio(self.sample(pair.x0), pair.x1), sync_dist=True, batch_size=len(pair))
+
+    # ---------------------------------------------------------------- sampling
+    def check_steps(self, steps: int) -> None:
+        if steps != 1:
+            raise ValueError(
+                f"OTNeuralFlowMatching.sample supports only steps=1, got steps={steps}: the map always starts at "
+                "time 0, so composing it (F(F(x0, 1/2), 1/2)) is not the flow. Evaluate with steps=1."
+            )
+
+    @torch.no_grad()
+    def sample(self, x0: Tensor, steps: int = 1) -> Tensor:
+        """One call of the map: ``F(x0, 1)``, ``x0`` ``(n, *data_shape)`` -> ``(n, *data_shape)``."""
+        self.check_steps(steps)
+        x0 = x0.to(self.device)
+        return self.net(x0, torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype))
+
+    @torch.no_grad()
+    def inverse(self, x1: Tensor) -> Tensor:
+        """Data -> source in one call, ``F(., 1)^{-1}(x1)``: ``(n, *data_shape)``. Needs an invertible map."""
+        inverse = getattr(self.net, "inverse", None)
+        if inverse is None:
+            raise TypeError(
+                f"inverse() needs an invertible flow map with an inverse(y, t) method (ResNetFlow, AffineCouplingFlow); "
+                f"this module's net is a {type(self.net).__name__}"
+            )
+        x1 = x1.to(self.device)
+        return inverse(x1, torch.ones(x1.shape[0], device=x1.device, dtype=x1.dtype))

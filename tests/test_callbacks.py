@@ -1,0 +1,236 @@
+import glob
+import math
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from eval_modules import SHAPE, ImageModule, PixelFeatures, real_images
+from otflow_lightning.callbacks import FIDCallback, SamplingCallback, WassersteinCallback
+from otflow_lightning.callbacks.common import eval_steps, shard, source_noise
+from otflow_lightning.metrics import images_to_uint8, wasserstein2_squared
+from otflow_lightning.metrics.fid import build_fid
+
+
+def _trainer(tmp_path, callbacks, **kwargs):
+    kwargs = {"logger": False, **kwargs}
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------- generation split, steps, protocol
+def test_noise_is_the_same_set_for_any_split():
+    module = ImageModule()
+    whole = torch.cat(list(source_noise(module, 0, 50, seed=3, chunk=16)))
+    parts = [torch.cat(list(source_noise(module, *shard(50, r, 3), seed=3, chunk=16))) for r in range(3)]
+    assert [len(p) for p in parts] == [17, 17, 16]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_steps_must_be_supported_and_protocol_is_checked():
+    module = ImageModule()
+    module.supported_steps = (1, 2)
+    assert eval_steps(module, None) == [1, 2]
+    with pytest.raises(ValueError, match=r"cannot sample with \[3\] steps; allowed: \[1, 2\]"):
+        eval_steps(module, [1, 3])
+
+    class NoShape(pl.LightningModule):
+        def sample(self, x0, steps=1):
+            return x0
+
+    with pytest.raises(TypeError, match="data_shape"):
+        SamplingCallback().setup(None, NoShape(), "fit")
+
+
+def test_schedule_state_survives_a_checkpoint_and_keys_are_distinct():
+    a, b = FIDCallback(name="fid"), FIDCallback(name="fid_val")
+    assert a.state_key != b.state_key
+    assert WassersteinCallback(method="exact").state_key != WassersteinCallback(method="sliced").state_key
+    cb = SamplingCallback(every_n_steps=10)
+    cb.load_state_dict({"runs": 4, "last_step": 30})
+    fake_trainer = type("T", (), {"global_step": 35})()
+    assert not cb._due(fake_trainer)
+    fake_trainer.global_step = 40
+    assert cb._due(fake_trainer) and cb.state_dict() == {"runs": 6, "last_step": 40}
+
+
+# ---------------------------------------------------------------- EMA
+class Shift(pl.LightningModule):
+    """``sample(x0) = x0 + shift``; SGD pushes ``shift`` along (1, 1) by 1 per step, so EMA lags far behind."""
+
+    data_shape = (2,)
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(2))
+
+    def sample(self, x0, steps=1):
+        return x0 + self.shift
+
+    def training_step(self, batch, batch_idx):
+        return -self.shift.sum() + 0 * batch[0].sum()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+class RawWeights(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.raw = pl_module.shift.detach().clone()
+
+
+@pytest.mark.parametrize("ema_first", [True, False])
+def test_evaluation_sees_ema_weights_in_any_callback_order(tmp_path, ema_first):
+    real = TensorDataset(torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) + 5)
+    sampling, w2, raw = SamplingCallback(n_samples=200), WassersteinCallback(200, real=real), RawWeights()
+    ours = [sampling, w2]
+    ema = EMAWeightAveraging(decay=0.8)
+    callbacks = [ema, *ours, raw] if ema_first else [*ours, ema, raw]
+    trainer = _trainer(tmp_path, callbacks, max_steps=20, val_check_interval=20, check_val_every_n_epoch=None)
+    module = Shift()
+    trainer.fit(module, DataLoader(real, batch_size=10), DataLoader(real, batch_size=100))
+    ema_shift = module.shift.detach()  # on_train_end copied the average into the module
+    assert torch.allclose(raw.raw, torch.full((2,), 20.0))
+    assert (raw.raw - ema_shift).abs().min() > 3  # the two models differ visibly
+    x0 = next(source_noise(module, 0, 200, sampling.seed, chunk=200))
+    torch.testing.assert_close(sampling.last_samples[1] - x0, ema_shift.expand(200, 2))
+    x = torch.cat(list(source_noise(module, 0, 200, w2.seed, chunk=w2.batch_size))) + ema_shift
+    expected = wasserstein2_squared(x, real.tensors[0])
+    assert float(trainer.callback_metrics["val/w2_sq"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+# ---------------------------------------------------------------- sampling output
+def test_sampling_writes_png_and_tensorboard_every_n_steps(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = ImageModule()
+    module.training_step = lambda batch, batch_idx: module.weight.sum() * 0
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)
+    cb = SamplingCallback(steps=[1, 2], every_n_steps=4)
+    trainer = _trainer(
+        tmp_path, [cb], logger=TensorBoardLogger(str(tmp_path)), max_steps=8, val_check_interval=2, check_val_every_n_epoch=None
+    )
+    data = DataLoader(real_images(), batch_size=8)
+    trainer.fit(module, data, data)
+    pngs = sorted(os.path.basename(p) for p in glob.glob(f"{trainer.log_dir}/samples/*.png"))
+    assert pngs == ["step0000002.png", "step0000006.png"]  # validation at 2, 4, 6, 8; rendered >= 4 steps apart
+    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("samples")] == [2, 6]
+    assert set(cb.last_samples) == {1, 2} and cb.last_samples[1].shape == (64, *SHAPE)
+
+
+# ---------------------------------------------------------------- FID
+class CountingDataset(TensorDataset):
+    reads = 0
+
+    def __getitem__(self, i):
+        CountingDataset.reads += 1
+        return super().__getitem__(i)
+
+
+def test_fid_real_statistics_are_cached_on_disk(tmp_path):
+    real = CountingDataset(*real_images().tensors)
+    values = []
+    for _ in range(2):
+        CountingDataset.reads = 0
+        cb = FIDCallback(real, n_samples=30, feature=PixelFeatures(), cache_dir=str(tmp_path / "cache"))
+        (metrics,) = _trainer(tmp_path, [cb]).validate(ImageModule(), DataLoader(real_images(4)), verbose=False)
+        values.append(float(metrics["val/fid_1step"]))
+        assert int(cb.fid.real_features_num_samples) == len(real)
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
+    assert CountingDataset.reads == 3  # the second run read only the three fingerprint items
+    assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def _random_inception_weights(path, monkeypatch):
+    """Save a randomly initialised torch-fidelity Inception-v3 state dict (the real architecture, no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    with monkeypatch.context() as m:
+        m.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+
+
+@pytest.fixture
+def one_thread():
+    """Inception's convolutions and the 2048-d eigensolvers slow down badly with threads on a busy small machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fid_with_the_real_inception_network_from_a_weights_file(tmp_path, monkeypatch, one_thread):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    weights = str(tmp_path / "inception.pth")
+    _random_inception_weights(weights, monkeypatch)
+    real = real_images(n=4)
+    cb = FIDCallback(real, n_samples=4, weights_path=weights, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    (metrics,) = _trainer(tmp_path, [cb]).validate(ImageModule(), DataLoader(real_images(4)), verbose=False)
+    assert isinstance(cb.fid.inception, FeatureExtractorInceptionV3) and cb.fid.inception.features_list == ["2048"]
+    assert math.isfinite(metrics["val/fid_1step"])
+    assert int(cb.fid.fake_features_num_samples) == 4
+    # the real features torchmetrics summed are Inception's on the rounded uint8, 3-channel images
+    with torch.no_grad():
+        features = cb.fid.inception(images_to_uint8(real.tensors[0]).expand(-1, 3, -1, -1)).double()
+    assert features.shape == (4, 2048)
+    torch.testing.assert_close(cb.fid.real_features_sum, features.sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(FileNotFoundError, match="download_inception_weights") as err:
+        build_fid(2048)
+    assert "weights_path" in str(err.value) and str(tmp_path / "empty_torch_home") in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not found at '/nowhere/inception.pth'"):
+        FIDCallback(real_images(), weights_path="/nowhere/inception.pth").setup(None, ImageModule(), "fit")
+
+
+# ---------------------------------------------------------------- the example
+def test_attach_callbacks_example_trains_and_logs(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "attach_callbacks.py")
+    spec = importlib.util.spec_from_file_location("attach_callbacks", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trainer = example.main(max_steps=300, root=str(tmp_path))
+    w2_1, w2_8 = float(trainer.callback_metrics["val/w2_sq"]), float(trainer.callback_metrics["val/w2_sq_8step"])
+    # N(0, I) against the ring of radius 2 is about W2^2 = 2; 8 Euler steps of the trained flow do far better
+    assert w2_8 < 0.5 and w2_8 < w2_1
+    assert len(glob.glob(f"{trainer.log_dir}/samples/*.png")) == 2
+
+
+def test_wasserstein_against_the_training_set_of_an_ot_pair_datamodule(tmp_path):
+    from otflow_lightning import OTMeanFlow, OTPairDataModule
+
+    dm = OTPairDataModule("moons", "8gaussians", batch_size=64, toy_size=1000, val_size=128)
+    cb = WassersteinCallback(n_samples=300, real="train", steps=[1, 2])
+    module = OTMeanFlow(source="8gaussians", data_shape=(2,))
+    trainer = _trainer(tmp_path, [cb], max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(module, dm)
+    x0 = torch.cat(list(source_noise(module, 0, 300, cb.seed, chunk=cb.batch_size)))
+    with torch.no_grad():
+        expected = wasserstein2_squared(module.sample(x0, steps=2), dm._train.points[:300])
+    assert {"val/w2_sq", "val/w2_sq_2step"} <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["val/w2_sq_2step"]) == pytest.approx(float(expected), rel=1e-5)

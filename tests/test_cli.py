@@ -1,0 +1,127 @@
+"""End to end through the ``otflow`` command, in-process."""
+
+import glob
+import os
+import textwrap
+
+import pytest
+import torch
+
+from otflow_lightning import OTMeanFlow
+from otflow_lightning.cli import main
+from otflow_lightning.data import sample_toy
+from otflow_lightning.metrics import wasserstein2_squared
+
+from conftest import CONFIGS
+
+TOY = os.path.join(CONFIGS, "toy.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def w2_of(module, n=2000):
+    g = torch.Generator().manual_seed(99)
+    x0 = sample_toy("8gaussians", n, g)
+    return float(wasserstein2_squared(module.sample(x0, 1), sample_toy("moons", n, g)))
+
+
+def test_toy_fit_end_to_end_w2_drops(in_tmp):
+    torch.manual_seed(0)
+    untrained = OTMeanFlow(source="8gaussians")
+    before = w2_of(untrained)
+    cli = main(["fit", "--config", TOY, "--trainer.max_steps=600", "--trainer.val_check_interval=300", *QUIET])
+    logged = float(cli.trainer.callback_metrics["val/w2_sq"])
+    after = w2_of(cli.model.eval())
+    assert before > 5.0  # an untrained map barely moves 8gaussians
+    assert logged < 0.5 and after < 0.5, (logged, after)
+    # coupling statistics are logged: exact OT on 8gaussians -> moons is far cheaper than independent pairs
+    assert float(cli.trainer.callback_metrics["coupling/cost_ratio"]) < 0.5
+    # artefacts a user expects: config, checkpoint, sample plots, TensorBoard events
+    run = cli.trainer.log_dir
+    assert os.path.exists(os.path.join(run, "config.yaml"))
+    assert glob.glob(os.path.join(run, "checkpoints", "*.ckpt"))
+    assert glob.glob(os.path.join(run, "samples", "*.png"))
+    assert glob.glob(os.path.join(run, "events.out.tfevents.*"))
+
+
+def test_checkpoint_resumes_and_reloads(in_tmp):
+    args = ["--config", TOY, "--trainer.num_sanity_val_steps=0", *QUIET]
+    first = main(["fit", *args, "--trainer.max_steps=40", "--trainer.val_check_interval=40"])
+    ckpt = os.path.join(first.trainer.log_dir, "checkpoints", "last.ckpt")
+    second = main(["fit", *args, "--trainer.max_steps=60", "--trainer.val_check_interval=20", f"--ckpt_path={ckpt}"])
+    assert second.trainer.global_step == 60
+    model = OTMeanFlow.load_from_checkpoint(ckpt)
+    assert isinstance(model, OTMeanFlow) and model.source == "8gaussians"
+    x0 = torch.randn(5, 2)
+    assert model.sample(x0).shape == (5, 2)
+
+
+EXTENSION = textwrap.dedent(
+    '''
+    import torch
+    from torch import nn
+    from otflow_lightning import OTMeanFlow
+
+
+    class TinyNet(nn.Module):
+        def __init__(self, width: int = 16):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 2))
+
+        def forward(self, x, t, h):
+            return self.body(torch.cat([x, t[:, None], h[:, None]], 1))
+
+
+    class PlainLossMeanFlow(OTMeanFlow):
+        """A downstream subclass: own network default, own loss weight."""
+
+        def __init__(self, width: int = 16, **kwargs):
+            super().__init__(net=TinyNet(width), **kwargs)
+            self.save_hyperparameters()
+
+        def loss_weight(self, sq_error):
+            self.weight_calls = getattr(self, "weight_calls", 0) + 1
+            return torch.ones_like(sq_error)
+    '''
+)
+
+
+def test_downstream_subclass_trains_through_cli_and_reloads(in_tmp):
+    (in_tmp / "my_ext.py").write_text(EXTENSION)
+    cli = main(
+        [
+            "fit", "--config", TOY,
+            "--model", "my_ext.PlainLossMeanFlow", "--model.width=24", "--model.data_shape=[2]",
+            "--trainer.max_steps=30", "--trainer.val_check_interval=30", *QUIET,
+        ]
+    )
+    import my_ext
+
+    assert type(cli.model) is my_ext.PlainLossMeanFlow and cli.model.weight_calls >= 30  # training (and validation) called the override
+    ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
+    loaded = my_ext.PlainLossMeanFlow.load_from_checkpoint(ckpt)
+    assert type(loaded) is my_ext.PlainLossMeanFlow
+    assert loaded.net.body[0].out_features == 24
+    x0 = torch.randn(7, 2)
+    assert torch.allclose(loaded.sample(x0), cli.model.cpu().sample(x0), atol=1e-6)
+
+
+def test_print_config_names_the_classes(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", TOY, "--print_config"])
+    out = capsys.readouterr().out
+    assert "otflow_lightning.OTMeanFlow" in out and "otflow_lightning.OTPairDataModule" in out
+    assert "source: 8gaussians" in out
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--data.init_args.coupling=hungarian", "unknown coupling method 'hungarian'"),
+        ("--data.init_args.target=moon", "unknown target 'moon'"),
+    ],
+)
+def test_cli_bad_config_is_a_clear_error(in_tmp, override, message, capsys):
+    with pytest.raises((SystemExit, ValueError)) as info:
+        main(["fit", "--config", TOY, override, "--trainer.max_steps=1", *QUIET])
+    text = str(info.value) + capsys.readouterr().err
+    assert message in text

@@ -1,0 +1,121 @@
+import types
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from otflow_lightning import OTPairDataModule, Pair
+from otflow_lightning.ot import pair_cost
+from otflow_lightning.utils import rank_generator
+
+
+def fake_trainer(training=True, rank=0, step=0):
+    return types.SimpleNamespace(training=training, global_rank=rank, global_step=step)
+
+
+def first_batch(dm, loader):
+    return dm.on_after_batch_transfer(next(iter(loader)), 0)
+
+
+def test_training_batches_are_ot_paired_validation_batches_are_not():
+    dm = OTPairDataModule(target="moons", source="8gaussians", batch_size=128, seed=0)
+    dm.trainer = fake_trainer(training=True)
+    pair = first_batch(dm, dm.train_dataloader())
+    assert isinstance(pair, Pair) and pair.x0.shape == pair.x1.shape == (128, 2)
+    # the pairing is a permutation of the batch: same multiset of targets, indices follow
+    assert torch.equal(dm._train.points[pair.index], pair.x1)
+    assert pair.stats["coupling/cost_ratio"] < 0.5
+    assert pair_cost(pair.x0, pair.x1).mean() < 0.5 * pair_cost(pair.x0, pair.x1[torch.randperm(128)]).mean()
+
+    dm.trainer = fake_trainer(training=False)
+    val = first_batch(dm, dm.val_dataloader())
+    assert val.stats == {} and torch.equal(val.index, torch.arange(128))  # dataset order kept
+    again = first_batch(dm, dm.val_dataloader())
+    assert torch.equal(val.x0, again.x0)  # the same validation noise each time
+
+
+def test_ranks_draw_different_noise():
+    a = rank_generator("cpu", seed=0, rank=0)
+    b = rank_generator("cpu", seed=0, rank=1)
+    assert not torch.equal(torch.randn(8, generator=a), torch.randn(8, generator=b))
+    dms = []
+    for rank in (0, 1):
+        dm = OTPairDataModule(target="moons", batch_size=64, seed=0)
+        dm.trainer = fake_trainer(rank=rank)
+        dms.append(dm)
+    x1 = torch.zeros(64, 2)
+    n0 = dms[0].draw_source(x1, dms[0].generator(x1.device))
+    n1 = dms[1].draw_source(x1, dms[1].generator(x1.device))
+    assert not torch.allclose(n0, n1)
+
+
+class NaNData(Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return torch.tensor([float("nan") if i == 3 else 0.0, 1.0])
+
+
+def test_nan_in_batch_is_a_clear_error():
+    dm = OTPairDataModule(target=NaNData(), batch_size=64, seed=0)
+    dm.trainer = fake_trainer()
+    with pytest.raises(ValueError, match="x1 \\(target\\) holds NaN"):
+        first_batch(dm, dm.train_dataloader())
+
+
+class ImageData(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 4, 4), i % 2
+
+
+def test_shape_errors_name_the_argument():
+    with pytest.raises(ValueError, match="source '8gaussians' is a 2D toy but the data have shape \\(1, 4, 4\\)"):
+        OTPairDataModule(target=ImageData(), source="8gaussians", batch_size=4).setup("fit")
+    dm = OTPairDataModule(target=ImageData(), source="gaussian", batch_size=4, seed=0)
+    dm.trainer = fake_trainer()
+    pair = first_batch(dm, dm.train_dataloader())
+    assert pair.x0.shape == (4, 1, 4, 4) and pair.labels.shape == (4,)
+    from otflow_lightning.ot import check_batch
+
+    with pytest.raises(ValueError, match="must have the same shape"):
+        check_batch(torch.zeros(4, 2), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="batch_size"):
+        OTPairDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        OTPairDataModule(target=ImageData(), batch_size=16).train_dataloader()
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown coupling method 'sinkhorn2'"):
+        OTPairDataModule(coupling="sinkhorn2")
+    with pytest.raises(ValueError, match="unknown target 'moon'"):
+        OTPairDataModule(target="moon")
+    with pytest.raises(ValueError, match="unknown source 'noise'"):
+        OTPairDataModule(source="noise")
+
+
+def test_model_and_data_source_mismatch_is_an_error():
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTMeanFlow
+
+    model = OTMeanFlow(source="gaussian")
+    data = OTPairDataModule(target="moons", source="8gaussians", batch_size=32, toy_size=64)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="mismatched config.*'gaussian'.*'8gaussians'"):
+        trainer.fit(model, data)
+
+
+def test_generate_uses_the_models_source():
+    from otflow_lightning import OTMeanFlow
+
+    model = OTMeanFlow(source="8gaussians")
+    torch.nn.init.zeros_(model.net.layers[-1].weight)
+    torch.nn.init.zeros_(model.net.layers[-1].bias)
+    x = model.generate(4000, generator=torch.Generator().manual_seed(0))  # zero velocity: output = source
+    assert x.shape == (4000, 2)
+    assert abs(x.norm(dim=1).mean().item() - 5.0) < 0.2  # the 8 Gaussians sit at radius 5

@@ -1,0 +1,111 @@
+import pytest
+import torch
+from torch import nn
+
+from otflow_lightning import OTMeanFlow, Pair
+from otflow_lightning.nets import TimeMLP
+
+
+class StraightLineVelocity(nn.Module):
+    """Analytic average velocity of the deterministic pairing x1 = A x0 + b.
+
+    Paths are straight, so u(z, t, e) = x1 - x0 = (A - I) x0 + b with x0 = (I + t (A - I))^-1 (z - t b).
+    """
+
+    def __init__(self, A, b):
+        super().__init__()
+        self.A, self.b = A, b
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t, h):
+        eye = torch.eye(self.A.shape[0], dtype=z.dtype)
+        M = eye + t[:, None, None] * (self.A - eye)
+        x0 = torch.linalg.solve(M, (z - t[:, None] * self.b).unsqueeze(-1)).squeeze(-1)
+        return x0 @ (self.A - eye).T + self.b + 0 * self.dummy
+
+
+def straight_case(n=64):
+    g = torch.Generator().manual_seed(0)
+    A = torch.tensor([[1.5, 0.3], [-0.2, 0.8]], dtype=torch.float64)
+    b = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return A, b, x0, x0 @ A.T + b
+
+
+def test_jvp_total_derivative_matches_finite_differences():
+    torch.manual_seed(0)
+    m = OTMeanFlow(net=TimeMLP(2, 32, 2, 2).double())
+    n = 16
+    z, v = torch.randn(n, 2, dtype=torch.float64), torch.randn(n, 2, dtype=torch.float64)
+    t, e = torch.rand(n, dtype=torch.float64) * 0.5, 0.5 + torch.rand(n, dtype=torch.float64) * 0.5
+    tangents = (v, torch.ones_like(t), torch.zeros_like(e))
+    _, dudt = torch.func.jvp(m.average_velocity, (z, t, e), tangents)
+    eps = 1e-6
+    fd = (m.average_velocity(z + eps * v, t + eps, e) - m.average_velocity(z - eps * v, t - eps, e)) / (2 * eps)
+    assert torch.allclose(dudt, fd, atol=1e-7, rtol=1e-6)
+    # and the target the module regresses on uses exactly this derivative
+    u, target = m.meanflow_target(z, t, e, v)
+    assert torch.allclose(target, v + (e - t)[:, None] * fd, atol=1e-6)
+
+
+def test_meanflow_target_is_a_fixed_point_of_the_analytic_velocity():
+    A, b, x0, x1 = straight_case()
+    m = OTMeanFlow(net=StraightLineVelocity(A, b), adaptive_p=0.0, interval_fraction=1.0)
+    t = torch.rand(64, dtype=torch.float64) * 0.9
+    e = t + (1 - t) * torch.rand(64, dtype=torch.float64)
+    z = (1 - t[:, None]) * x0 + t[:, None] * x1
+    u, target = m.meanflow_target(z, t, e, x1 - x0)
+    assert torch.allclose(u, x1 - x0, atol=1e-10)
+    assert torch.allclose(target, u, atol=1e-10)
+    m.time_generator = lambda: torch.Generator().manual_seed(0)  # no trainer needed
+    loss, _ = m.loss(Pair(x0, x1))
+    assert loss.item() < 1e-12
+
+
+def test_wrong_velocity_is_not_a_fixed_point():
+    """The fixed-point test can fail: the reversed pairing's velocity gives a non-zero loss."""
+    A, b, x0, x1 = straight_case()
+    m = OTMeanFlow(net=StraightLineVelocity(A, b), adaptive_p=0.0, interval_fraction=1.0)
+    m.time_generator = lambda: torch.Generator().manual_seed(0)
+    loss, _ = m.loss(Pair(x1, x0))  # source and target swapped
+    assert loss.item() > 1.0
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_sample_moves_source_to_target(steps):
+    A, b, x0, x1 = straight_case()
+    m = OTMeanFlow(net=StraightLineVelocity(A, b))
+    out = m.sample(x0, steps=steps)
+    assert torch.allclose(out, x1, atol=1e-9)
+    assert not torch.allclose(out, x0, atol=1e-1)
+
+
+def test_time_sampler_translation():
+    m = OTMeanFlow(time_mean=0.4, time_std=1.0, interval_fraction=0.25)
+    m.time_generator = lambda: torch.Generator().manual_seed(0)
+    t, e = m.sample_times(20000)
+    assert (e >= t).all() and (t >= 0).all() and (e <= 1).all()
+    assert abs((e != t).float().mean().item() - 0.25) < 0.02
+    # (t, e) of the interval samples are the sorted pair of two LN(0.4, 1) draws: pooled, they are LN(0.4, 1)
+    # (public mean +0.4 = MeanFlow's P_mean -0.4: mass towards the target end)
+    pooled = torch.logit(torch.cat([t[e != t], e[e != t]]).double())
+    assert abs(pooled.mean().item() - 0.4) < 0.05 and abs(pooled.std().item() - 1.0) < 0.05
+    assert torch.logit(t[e == t]).mean() < 0.4 - 0.4  # e = t samples keep the earlier time (MeanFlow's r = t)
+
+
+def test_adaptive_weight():
+    m = OTMeanFlow(adaptive_p=1.0, adaptive_c=1e-3)
+    err = torch.tensor([0.0, 1.0, 9.0])
+    assert torch.allclose(m.loss_weight(err), 1 / (err + 1e-3))
+    assert OTMeanFlow(adaptive_p=0.0).loss_weight(err).eq(1).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="time_dist"):
+        OTMeanFlow(time_dist="normal")
+    with pytest.raises(ValueError, match="interval_fraction"):
+        OTMeanFlow(interval_fraction=1.5)
+    with pytest.raises(ValueError, match="source"):
+        OTMeanFlow(source="8gaussians", data_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="steps=0"):
+        OTMeanFlow().sample(torch.zeros(3, 2), steps=0)

@@ -1,0 +1,135 @@
+"""The persistent (LOOM-style) online coupling: monotone global cost, optimum, checkpoints, DDP agreement."""
+
+import itertools
+import os
+import tempfile
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from otflow_lightning import OnlineCoupling, OTMeanFlow, OTNeuralFlowMatching, OTPairDataModule
+from otflow_lightning.data import sample_toy
+
+
+def gaussian(n, g):
+    return torch.randn(n, 2, generator=g)
+
+
+def bound(size, **kwargs):
+    online = OnlineCoupling(**kwargs)
+    online.reset(size, gaussian, seed=0)
+    return online
+
+
+@pytest.mark.parametrize("method,store", [("exact", "vectors"), ("bsp", "vectors"), ("exact", "seeds")])
+def test_global_cost_never_increases_and_noises_are_only_permuted(method, store):
+    data = sample_toy("moons", 600, torch.Generator().manual_seed(1))
+    online = bound(600, num_noises=2, method=method, store=store)
+    assert online.stores_seeds == (store == "seeds")
+    initial = online.bank.clone()
+    costs = [online.global_cost(data)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        idx = torch.randperm(600, generator=g)[:64]
+        x0, coupling = online.couple(data[idx], idx, g)
+        # the returned noise is the stored noise of the batch, paired by perm
+        assert coupling.cost <= coupling.independent_cost + 1e-6
+        costs.append(online.global_cost(data))
+    assert all(b <= a + 1e-4 for a, b in zip(costs, costs[1:])), costs
+    assert costs[-1] < 0.8 * costs[0]
+    # no noise created or lost: the bank is a permutation of its initial entries
+    assert torch.equal(sorted_entries(online.bank), sorted_entries(initial))
+
+
+def sorted_entries(bank):
+    flat = bank.reshape(bank.shape[0] * bank.shape[1], -1)
+    return flat[torch.argsort(flat[:, 0])]
+
+
+def test_full_batch_converges_to_the_brute_force_optimum():
+    data = torch.randn(7, 2) * 2 + torch.tensor([3.0, 0.0])
+    online = bound(7)
+    noise = online.bank[:, 0].clone()
+    best = min(sum(float((noise[i] - data[p[i]]).square().sum()) for i in range(7)) for p in itertools.permutations(range(7)))
+    online.couple(data, torch.arange(7))
+    assert online.global_cost(data) * 7 == pytest.approx(best, rel=1e-6)
+
+
+def test_seed_store_regenerates_the_same_noise():
+    online = bound(50, store="seeds")
+    seeds = online.bank[:5, 0]
+    assert torch.equal(online.noise(seeds), online.noise(seeds.clone()))
+    assert online.noise(seeds).shape == (5, 2)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="num_noises"):
+        OnlineCoupling(num_noises=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        OnlineCoupling().couple(torch.randn(4, 2), torch.arange(4))
+    with pytest.raises(IndexError, match="out of range"):
+        bound(10).couple(torch.randn(4, 2), torch.arange(8, 12))
+
+
+def _trainer(tmp, steps, **kwargs):
+    return pl.Trainer(
+        max_steps=steps, limit_val_batches=0, default_root_dir=tmp, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, **kwargs,
+    )
+
+
+def test_bank_is_checkpointed_and_restored_on_resume():
+    with tempfile.TemporaryDirectory() as tmp:
+        pl.seed_everything(0)
+        data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+        model = OTMeanFlow(source="8gaussians")  # the online coupling serves OT-MF as well
+        fresh = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+        fresh.setup("fit")
+        trainer = _trainer(tmp, 5)
+        trainer.fit(model, data)
+        trained_bank = data.online.bank.clone()
+        assert not torch.equal(trained_bank, fresh.online.bank)  # training rewrote it
+        ckpt = os.path.join(tmp, "last.ckpt")
+        trainer.save_checkpoint(ckpt)
+        # resume: a new DataModule starts from a fresh bank and must get the trained one back
+        resumed = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+        _trainer(tmp, 5).fit(OTMeanFlow(source="8gaussians"), resumed, ckpt_path=ckpt)
+        assert torch.equal(resumed.online.bank, trained_bank)
+
+
+def _ddp_worker(rank, world, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    data = sample_toy("moons", 200, torch.Generator().manual_seed(1))
+    online = bound(200, num_noises=2)
+    g = torch.Generator().manual_seed(100 + rank)  # ranks draw different slots
+    for step in range(5):
+        order = torch.randperm(200, generator=torch.Generator().manual_seed(step))
+        idx = order[rank * 40 : (rank + 1) * 40]  # disjoint batches, as a DistributedSampler gives
+        online.couple(data[idx], idx, g)
+    torch.save(online.bank, os.path.join(out, f"bank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ranks_never_disagree_under_ddp():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        bank0, bank1 = (torch.load(os.path.join(tmp, f"bank{r}.pt")) for r in range(2))
+        assert torch.equal(bank0, bank1)
+        assert not torch.equal(bank0, bound(200, num_noises=2).bank)  # and both applied the updates
+
+
+def test_cli_config_selects_online_coupling():
+    from otflow_lightning.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = main(
+            ["--config", "configs/toy_nfm_online.yaml", "--trainer.default_root_dir", tmp, "--data.init_args.toy_size", "2000"],
+            run=False,
+        )
+        assert isinstance(cli.datamodule.online, OnlineCoupling)
+        assert isinstance(cli.model, OTNeuralFlowMatching)
+        assert cli.model.supported_steps == (1,)
