@@ -21,3 +21,8 @@ def in_tmp(tmp_path, monkeypatch):
     """Run in a fresh folder (lightning_logs/ lands there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_configure(config):
+    # the models under test are small: one intra-op thread is faster than two contending ones
+    torch.set_num_threads(1)

@@ -1,7 +1,8 @@
-"""Data: the pairing DataModule, sources, toy distributions and datasets."""
+"""Data: the pairing DataModule, sources, toy distributions, toy and image datasets."""
 
 from .datamodule import OTPairDataModule, Pair
 from .datasets import IndexedDataset, ToyDataset
+from .images import IMAGE_DATASETS, CIFAR10Dataset, DigitsDataset, ImageFolderDataset, MNISTDataset, ZipDataset, image_dataset
 from .sources import check_source, draw_source
 from .toys import TOYS, sample_toy, toy_names
 
@@ -10,6 +11,13 @@ __all__ = [
     "Pair",
     "ToyDataset",
     "IndexedDataset",
+    "DigitsDataset",
+    "MNISTDataset",
+    "CIFAR10Dataset",
+    "ImageFolderDataset",
+    "ZipDataset",
+    "IMAGE_DATASETS",
+    "image_dataset",
     "draw_source",
     "check_source",
     "TOYS",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import CombinedLoader
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..ot import OnlineCoupling, OTCoupler, check_batch, couple_batch, draw_source_labels
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
+from .images import IMAGE_DATASETS, ZipDataset, image_dataset
 from .sources import check_source, draw_source
 from .toys import TOYS
 
@@ -59,8 +61,9 @@ class OTPairDataModule(pl.LightningDataModule):
     run's seed and the global rank), so ranks never draw the same noise.
 
     Args:
-        target: a toy name (``moons``, ``8gaussians``, ...) or a ``Dataset`` of tensors or
-            ``(tensor, label)`` tuples.
+        target: a toy name (``moons``, ``8gaussians``, ...), an image dataset name (``digits``,
+            ``mnist``, ``cifar10``, ``folder``; see :mod:`~otflow_lightning.data.images`) or a
+            ``Dataset`` of tensors or ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
         coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``auction``,
             ``sinkhorn``, ``bsp``, ``independent``, ...) or an ``OTCoupler``; or ``online`` / an
@@ -77,6 +80,12 @@ class OTPairDataModule(pl.LightningDataModule):
             with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
         global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
             batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise.
+        root: folder of the named image datasets (``folder``: the image folder).
+        download: fetch MNIST / CIFAR-10 into ``root`` if missing.
+        dataset_options: extra arguments of the named image dataset (``size``, ``pad``, ``hflip``).
+        source_data: unpaired translation: draw ``x0`` from this dataset (a ``Dataset`` or an
+            image dataset name, with the same ``root``) instead of from ``source``; training
+            source batches come from their own shuffled loader, validation pairs are fixed.
     """
 
     def __init__(
@@ -92,10 +101,15 @@ class OTPairDataModule(pl.LightningDataModule):
         seed: int | None = None,
         conditional: bool = False,
         global_coupling: bool = False,
+        root: str = "data",
+        download: bool = False,
+        dataset_options: dict | None = None,
+        source_data: str | Dataset | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(target, str) and target not in TOYS:
-            raise ValueError(f"unknown target {target!r}; give a toy name {sorted(TOYS)} or a Dataset")
+        for name, value in (("target", target), ("source_data", source_data)):
+            if isinstance(value, str) and value not in IMAGE_DATASETS and (name == "source_data" or value not in TOYS):
+                raise ValueError(f"unknown {name} {value!r}; give a toy name {sorted(TOYS)}, an image dataset {IMAGE_DATASETS} or a Dataset")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         check_source(source)
@@ -103,8 +117,11 @@ class OTPairDataModule(pl.LightningDataModule):
         if coupling == "online":
             coupling = OnlineCoupling()
         self.online = coupling if isinstance(coupling, OnlineCoupling) else None
-        if self.online is not None and (conditional or global_coupling):
-            raise ValueError("coupling='online' keeps its own persistent assignment: set conditional and global_coupling to False")
+        if self.online is not None and (conditional or global_coupling or source_data is not None):
+            raise ValueError(
+                "coupling='online' keeps its own persistent noise bank: set conditional and global_coupling to False "
+                "and leave source_data unset"
+            )
         if self.online is not None:
             self.coupler = self.online.coupler
         else:
@@ -112,7 +129,10 @@ class OTPairDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.conditional, self.global_coupling = conditional, global_coupling
+        self.root, self.download, self.dataset_options, self.source_data = root, download, dict(dataset_options or {}), source_data
         self._train: Dataset | None = None
+        self._source_train: Dataset | None = None
+        self._source_val: Dataset | None = None
         self._generator: torch.Generator | None = None
 
     # ---------------------------------------------------------------- data
@@ -127,16 +147,34 @@ class OTPairDataModule(pl.LightningDataModule):
         if self._train is not None:
             return
         base = 0 if self.seed is None else self.seed
-        if isinstance(self.target, str):
+        if isinstance(self.target, str) and self.target in TOYS:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
             if self.val_target is None:
                 self.val_target = ToyDataset(self.target, self.val_size, seed=base + 1_000_003)
+        elif isinstance(self.target, str):
+            self._train, val = self._image_splits(self.target)
+            self.val_target = val if self.val_target is None else self.val_target
         else:
             self._train = self.target
-        check_source(self.source, self.data_shape)
+        if isinstance(self.source_data, str):
+            self._source_train, self._source_val = self._image_splits(self.source_data)
+        elif self.source_data is not None:
+            self._source_train = self._source_val = self.source_data
+        if self._source_train is None:
+            check_source(self.source, self.data_shape)
+        elif self.online is not None:
+            raise ValueError("the online coupling draws its own Gaussian source; it cannot be combined with source_data")
         if self.online is not None:
             shape = self.data_shape
             self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
+
+    def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
+        """Training and test split of a named image dataset (folders have no test split)."""
+        train = image_dataset(name, self.root, True, self.download, **self.dataset_options)
+        if name == "folder":
+            return train, None
+        options = {k: v for k, v in self.dataset_options.items() if k != "hflip"}
+        return train, image_dataset(name, self.root, False, self.download, **options)
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         return DataLoader(
@@ -154,11 +192,18 @@ class OTPairDataModule(pl.LightningDataModule):
         if len(self._train) < self.batch_size:
             raise ValueError(f"the training set has {len(self._train)} samples, fewer than batch_size={self.batch_size}")
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
-        return self._loader(self._train, shuffle=True, drop_last=True)
+        target = self._loader(self._train, shuffle=True, drop_last=True)
+        if self._source_train is None:
+            return target
+        source = self._loader(self._source_train, shuffle=True, drop_last=True)
+        return CombinedLoader({"target": target, "source": source}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("fit")
-        return [] if self.val_target is None else self._loader(self.val_target, shuffle=False, drop_last=False)
+        if self.val_target is None:
+            return []
+        val = self.val_target if self._source_val is None else ZipDataset(self.val_target, self._source_val)
+        return self._loader(val, shuffle=False, drop_last=False)
 
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()
@@ -193,7 +238,12 @@ class OTPairDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Pair:
         if isinstance(batch, Pair):
             return batch
-        index, item = batch
+        if isinstance(batch, dict):  # translation, training: separately shuffled source batches
+            (index, item), source_item = batch["target"], batch["source"][1]
+        elif self._source_train is not None:  # translation, validation: ZipDataset pairs
+            index, (item, source_item) = batch
+        else:
+            (index, item), source_item = batch, None
         x1, labels = _split_item(item)
         training = self.trainer is not None and self.trainer.training
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
@@ -201,7 +251,7 @@ class OTPairDataModule(pl.LightningDataModule):
             x0, coupling = self.online.couple(x1, index, generator)
             perm = coupling.perm
             return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
-        x0 = self.draw_source(x1, generator)
+        x0 = self.draw_source(x1, generator) if source_item is None else _split_item(source_item)[0].to(x1.dtype)
         check_batch(x0, x1)
         if not training:
             return Pair(x0, x1, labels, index)
