@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
 
-__all__ = ["OTFlowCLI", "main"]
+__all__ = ["OTFlowCLI", "main", "entry_point"]
 
 
 class OTFlowCLI(LightningCLI):
@@ -40,5 +40,10 @@ def main(args: list[str] | dict | None = None, run: bool = True) -> OTFlowCLI:
     )
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The ``otflow`` console script (exit status 0 on success, unlike returning the CLI object)."""
     main()
+
+
+if __name__ == "__main__":
+    entry_point()

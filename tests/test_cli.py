@@ -125,3 +125,14 @@ def test_cli_bad_config_is_a_clear_error(in_tmp, override, message, capsys):
         main(["fit", "--config", TOY, override, "--trainer.max_steps=1", *QUIET])
     text = str(info.value) + capsys.readouterr().err
     assert message in text
+
+
+def test_console_script_exits_zero(in_tmp):
+    """`otflow fit ...` as a process: a successful run exits with status 0."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from otflow_lightning.cli import entry_point; entry_point()",
+           "fit", "--config", TOY, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", *QUIET]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
