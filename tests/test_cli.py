@@ -11,6 +11,7 @@ from otflow_lightning import OTMeanFlow
 from otflow_lightning.cli import main
 from otflow_lightning.data import sample_toy
 from otflow_lightning.metrics import wasserstein2_squared
+from otflow_lightning.ot import pair_cost
 
 from conftest import CONFIGS
 
@@ -33,8 +34,11 @@ def test_toy_fit_end_to_end_w2_drops(in_tmp):
     after = w2_of(cli.model.eval())
     assert before > 5.0  # an untrained map barely moves 8gaussians
     assert logged < 0.5 and after < 0.5, (logged, after)
-    # coupling statistics are logged: exact OT on 8gaussians -> moons is far cheaper than independent pairs
-    assert float(cli.trainer.callback_metrics["coupling/cost_ratio"]) < 0.5
+    # coupling statistics are logged: the toy's persistent OT pairing is far cheaper than independent pairs
+    g = torch.Generator().manual_seed(5)
+    independent = float(pair_cost(sample_toy("8gaussians", 4000, g), sample_toy("moons", 4000, g)).mean())
+    assert float(cli.trainer.callback_metrics["coupling/cost"]) < 0.3 * independent
+    assert 0.5 < float(cli.trainer.callback_metrics["coupling/cost_ratio"]) <= 1.0  # online: this batch's gain
     # artefacts a user expects: config, checkpoint, sample plots, TensorBoard events
     run = cli.trainer.log_dir
     assert os.path.exists(os.path.join(run, "config.yaml"))
