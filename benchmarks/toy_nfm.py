@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from otflow_lightning.callbacks.common import fixed_source
+from otflow_lightning.callbacks.common import source_noise
 from otflow_lightning.cli import main
 from otflow_lightning.data import ToyDataset, draw_source
 from otflow_lightning.metrics import wasserstein2_squared
@@ -77,12 +77,13 @@ def run_otcfm(source, target, seed, steps, device, batch=256, lr=1e-3, ema_decay
                 pe.lerp_(p, 1 - ema_decay)
     seconds = time.perf_counter() - start
 
-    class Src:  # what fixed_source needs: the same fixed source batch as WassersteinCallback
-        pass
+    class Src:  # the callbacks' module protocol, to draw the same fixed source batch as WassersteinCallback
+        def sample(self, x0, steps=1):
+            return x0
 
     src = Src()
     src.source, src.data_shape, src.device = source, (2,), torch.device(device)
-    x0 = fixed_source(src, 2000, 1234)
+    x0 = torch.cat(list(source_noise(src, 0, 2000, 1234)))
     out = {}
     with torch.no_grad():
         for n_steps in (1, 100):
