@@ -79,7 +79,7 @@ def test_lipschitz_linear_bound_is_exact_and_survives_weight_averaging():
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(30.0)
-    block, t = net.blocks[0], torch.ones(4000)
+    block, t = net.layers[0], torch.ones(4000)
     x, y = torch.randn(4000, 2) * 3, torch.randn(4000, 2) * 3
     y = x + 1e-3 * (y - x)
     ratio = (block.residual(x, t) - block.residual(y, t)).norm(dim=1) / (x - y).norm(dim=1)

@@ -100,8 +100,9 @@ class LipschitzLinear(nn.Linear):
 class _ResNetBlock(nn.Module):
     r"""One block :math:`x + \tanh(a t) \odot g([x, \mathrm{emb}(t)])` with :math:`\mathrm{Lip}_x(g) \le c`."""
 
-    def __init__(self, dim: int, hidden: int, depth: int, lipschitz: float, frequencies: int) -> None:
+    def __init__(self, dim: int, hidden: int, depth: int, lipschitz: float, frequencies: int, max_iter: int, tol: float) -> None:
         super().__init__()
+        self.max_iter, self.tol = max_iter, tol
         self.embedding = SinusoidalEmbedding(frequencies)
         per_layer = lipschitz ** (1.0 / (depth + 1))
         layers: list[nn.Module] = [LipschitzLinear(dim + self.embedding.dim, hidden, per_layer, lipschitz_features=dim), LipSwish()]
@@ -118,18 +119,38 @@ class _ResNetBlock(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return x + self.residual(x, t)
 
-    def inverse(self, y: Tensor, t: Tensor, max_iter: int, tol: float) -> Tensor:
+    def inverse(self, y: Tensor, t: Tensor) -> Tensor:
         x = y
-        for _ in range(max_iter):
+        for _ in range(self.max_iter):
             x_next = y - self.residual(x, t)
-            done = (x_next - x).abs().max() <= tol * (1.0 + y.abs().max())
+            done = (x_next - x).abs().max() <= self.tol * (1.0 + y.abs().max())
             x = x_next
             if done:
                 break
         return x
 
 
-class ResNetFlow(nn.Module):
+class _StackedFlow(nn.Module):
+    """A composition of layers ``layer(x, t)`` with ``layer.inverse(y, t)``; each is the identity at t = 0."""
+
+    layers: nn.ModuleList
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = _times(t, x)
+        for layer in self.layers:
+            x = layer(x, t)
+        return x
+
+    @torch.no_grad()
+    def inverse(self, y: Tensor, t: Tensor | float = 1.0) -> Tensor:
+        """``x`` with ``F(x, t) = y``: the layers undone in reverse order."""
+        t = _times(t, y)
+        for layer in reversed(self.layers):
+            y = layer.inverse(y, t)
+        return y
+
+
+class ResNetFlow(_StackedFlow):
     r"""Invertible ResNet flow: ``blocks`` stacked :math:`x \mapsto x + \tanh(a t) \odot g(x, t)`.
 
     Each block's residual is Lipschitz in ``x`` with constant below ``lipschitz < 1``:
@@ -168,22 +189,8 @@ class ResNetFlow(nn.Module):
             raise ValueError(f"lipschitz must be in (0, 1) for the fixed-point inverse to converge, got {lipschitz}")
         if depth < 1 or blocks < 1:
             raise ValueError(f"depth and blocks must be >= 1, got depth={depth}, blocks={blocks}")
-        self.dim, self.lipschitz, self.max_iter, self.tol = dim, lipschitz, max_iter, tol
-        self.blocks = nn.ModuleList(_ResNetBlock(dim, hidden, depth, lipschitz, frequencies) for _ in range(blocks))
-
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        t = _times(t, x)
-        for block in self.blocks:
-            x = block(x, t)
-        return x
-
-    @torch.no_grad()
-    def inverse(self, y: Tensor, t: Tensor | float = 1.0) -> Tensor:
-        """``x`` with ``F(x, t) = y``: the blocks inverted in reverse order by fixed-point iteration."""
-        t = _times(t, y)
-        for block in reversed(self.blocks):
-            y = block.inverse(y, t, self.max_iter, self.tol)
-        return y
+        self.dim, self.lipschitz = dim, lipschitz
+        self.layers = nn.ModuleList(_ResNetBlock(dim, hidden, depth, lipschitz, frequencies, max_iter, tol) for _ in range(blocks))
 
 
 class _AffineCoupling(nn.Module):
@@ -225,7 +232,7 @@ class _AffineCoupling(nn.Module):
         return x
 
 
-class AffineCouplingFlow(nn.Module):
+class AffineCouplingFlow(_StackedFlow):
     r"""Stacked time-dependent affine couplings (continuous RealNVP, as in Bilos et al.'s coupling flow).
 
     Layer ``k`` moves half of the features (alternating halves) given the other half:
@@ -251,17 +258,3 @@ class AffineCouplingFlow(nn.Module):
         self.layers = nn.ModuleList(
             _AffineCoupling(dim, half if k % 2 == 0 else ~half, hidden, depth, frequencies, max_log_scale) for k in range(layers)
         )
-
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        t = _times(t, x)
-        for layer in self.layers:
-            x = layer(x, t)
-        return x
-
-    @torch.no_grad()
-    def inverse(self, y: Tensor, t: Tensor | float = 1.0) -> Tensor:
-        """``x`` with ``F(x, t) = y``, exactly (layers undone in reverse order)."""
-        t = _times(t, y)
-        for layer in reversed(self.layers):
-            y = layer.inverse(y, t)
-        return y
