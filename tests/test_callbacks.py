@@ -170,16 +170,7 @@ def _random_inception_weights(path, monkeypatch):
     torch.save(net.state_dict(), path)
 
 
-@pytest.fixture
-def one_thread():
-    """Inception's convolutions and the 2048-d eigensolvers slow down badly with threads on a busy small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_fid_with_the_real_inception_network_from_a_weights_file(tmp_path, monkeypatch, one_thread):
+def test_fid_with_the_real_inception_network_from_a_weights_file(tmp_path, monkeypatch):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     weights = str(tmp_path / "inception.pth")

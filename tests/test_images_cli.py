@@ -13,15 +13,6 @@ from test_images import write_cifar
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: small convolutions on a shared CPU run many times faster than with several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cpu_config(name: str, tmp_path: Path) -> Path:
     """The config without FID, which needs the Inception weights (never downloaded in tests); its
     arguments are still checked by building the callback."""

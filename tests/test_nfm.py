@@ -146,7 +146,6 @@ def _fit(coupling, steps, seed=0):
 @pytest.mark.slow
 def test_mean_collapse_with_independent_coupling_and_not_with_ot():
     """The paper's Theorem 1 in practice: independent pairs collapse the one-step map to the data mean."""
-    torch.set_num_threads(1)
     independent, ot = _fit("independent", 1500), _fit("exact", 1500)
     assert independent["val/w2_sq"] >= 20 * ot["val/w2_sq"], (independent, ot)
     assert independent["val/var_ratio"] < 0.10, independent

@@ -6,15 +6,6 @@ import torch
 from otflow_lightning.nets import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: small convolutions on a shared CPU run many times faster than with several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomised(net: UNet) -> UNet:
     # the zero-initialised output convs make a fresh net the zero map; give every weight a value
     torch.manual_seed(0)

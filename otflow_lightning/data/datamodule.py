@@ -161,11 +161,9 @@ class OTPairDataModule(pl.LightningDataModule):
         elif self.source_data is not None:
             self._source_train = self._source_val = self.source_data
         if self._source_train is None:
-            check_source(self.source, self.data_shape)
-        elif self.online is not None:
-            raise ValueError("the online coupling draws its own Gaussian source; it cannot be combined with source_data")
-        if self.online is not None:
             shape = self.data_shape
+            check_source(self.source, shape)
+        if self.online is not None:  # __init__ rules out online + source_data
             self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
