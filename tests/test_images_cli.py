@@ -45,15 +45,20 @@ def test_cifar_config_fast_dev_run(tmp_path):
     assert cli.datamodule.data_shape == (3, 32, 32)
 
 
-def test_digits_config_trains_a_few_steps(tmp_path):
+@pytest.mark.parametrize("config", ["digits.yaml", "digits_cond.yaml"])
+def test_digits_config_trains_a_few_steps(tmp_path, config):
     cli = main(args=[
-        "fit", "--config", str(cpu_config("digits.yaml", tmp_path)), *CPU,
+        "fit", "--config", str(cpu_config(config, tmp_path)), *CPU,
         "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
         "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=32",
     ])
     assert cli.trainer.global_step == 3
     assert "val/w2_sq" in cli.trainer.callback_metrics
+    if config == "digits_cond.yaml":  # class-conditional: C2OT pairs, labels reach the net, 10x10 grid
+        assert cli.model.num_classes == 10 and cli.datamodule.conditional and cli.model.guidance_scale == 2.0
+        assert cli.model.net.label_embedding is not None
+        assert list((tmp_path / "lightning_logs").rglob("step*.png"))
 
 
 def test_cifar_nfm_config_fast_dev_run(tmp_path):

@@ -5,8 +5,10 @@ data read by index, and when evaluation runs (inside validation, so EMA weights 
 
 - ``sample(x0, steps) -> Tensor``: map source samples ``(n, *data_shape)`` to target samples;
 - ``data_shape``: the shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``;
-- optionally ``source`` (default ``"gaussian"``: N(0, I); or a 2D toy name) and
-  ``supported_steps`` (the step counts ``sample`` accepts; default: evaluate at 1 step).
+- optionally ``source`` (default ``"gaussian"``: N(0, I); or a 2D toy name),
+  ``supported_steps`` (the step counts ``sample`` accepts; default: evaluate at 1 step) and
+  ``num_classes`` (class-conditional: ``sample(x0, steps, labels=...)`` is called with the
+  balanced labels ``i % num_classes`` of the fixed sample indices ``i``; see :func:`eval_labels`).
 
 Images are in [-1, 1].
 """
@@ -27,6 +29,7 @@ __all__ = [
     "EvalCallback",
     "batch_target",
     "check_protocol",
+    "eval_labels",
     "eval_steps",
     "generate",
     "real_batches",
@@ -86,10 +89,25 @@ def source_noise(module: pl.LightningModule, start: int, stop: int, seed: int, c
         yield x0[lo:hi].to(module.device)
 
 
+def eval_labels(module: pl.LightningModule, start: int, stop: int) -> Tensor | None:
+    """Classes of evaluation samples ``start..stop`` of a class-conditional module (``num_classes``
+    set): ``i % num_classes`` for sample ``i``, balanced and the same for any split across ranks;
+    ``None`` for an unconditional module."""
+    num_classes = getattr(module, "num_classes", None)
+    return None if num_classes is None else torch.arange(start, stop, device=module.device) % num_classes
+
+
+def sample(module: pl.LightningModule, x0: Tensor, steps: int, start: int) -> Tensor:
+    """``module.sample`` of evaluation samples ``start..start + len(x0)``, with their labels if conditional."""
+    labels = eval_labels(module, start, start + x0.shape[0])
+    return module.sample(x0, steps=steps) if labels is None else module.sample(x0, steps=steps, labels=labels)
+
+
 def generate(module: pl.LightningModule, start: int, stop: int, steps: int, seed: int, chunk: int = 1000) -> Iterator[Tensor]:
     """Samples ``start..stop`` (see :func:`source_noise`) mapped by ``module.sample(x0, steps)``."""
     for x0 in source_noise(module, start, stop, seed, chunk):
-        yield module.sample(x0, steps=steps)
+        yield sample(module, x0, steps, start)
+        start += x0.shape[0]
 
 
 def batch_target(batch) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..metrics.fid import images_to_uint8
-from .common import EvalCallback, batch_target, check_protocol, eval_steps, source_noise
+from .common import EvalCallback, batch_target, check_protocol, eval_steps, sample, source_noise
 
 __all__ = ["SamplingCallback", "render_samples"]
 
@@ -50,7 +50,7 @@ def render_samples(samples: dict[str, Tensor], reference: Tensor | None = None, 
             ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue", label="samples")
             ax.set_aspect("equal")
         elif x.ndim == 4:
-            ax.imshow(_image_grid(x[:64], nrow=int(np.ceil(np.sqrt(min(len(x), 64))))))
+            ax.imshow(_image_grid(x[:100], nrow=int(np.ceil(np.sqrt(min(len(x), 100))))))
             ax.axis("off")
         else:
             raise ValueError(f"cannot render samples of shape {tuple(x.shape)}: need (n, 2) points or (n, c, h, w) images")
@@ -67,12 +67,14 @@ class SamplingCallback(EvalCallback):
 
     The source batch is the same at every call (``seed``), so successive pictures differ only by
     the model. 2D points are drawn as scatter plots over the validation batch, images as grids (at
-    most 64). Written by global rank 0 to ``<log_dir>/samples/step{global_step:07d}.png`` and, with a
+    most 100; a class-conditional module's images are labelled ``i % num_classes``, so with
+    ``n_samples = num_classes ** 2`` each column of the grid is one class). Written by global rank 0 to ``<log_dir>/samples/step{global_step:07d}.png`` and, with a
     TensorBoard logger, as the image ``samples``. Runs inside validation (see :class:`EvalCallback`),
     so an ``EMAWeightAveraging`` model is shown with its averaged weights.
 
     Args:
-        n_samples: points or images to generate; default 2000 points, or 64 images.
+        n_samples: points or images to generate; default 2000 points, or 64 images
+            (``num_classes ** 2``, at most 100, for a class-conditional module).
         steps: step counts; default the module's ``supported_steps``, or ``[1]``.
         seed: seed of the fixed source batch.
         every_n_epochs: render every this many validation runs (default every run).
@@ -100,9 +102,10 @@ class SamplingCallback(EvalCallback):
         if not trainer.is_global_zero:
             return {}
         _, shape = check_protocol(pl_module)
-        n = self.n_samples or (2000 if len(shape) == 1 else 64)
+        num_classes = getattr(pl_module, "num_classes", None)
+        n = self.n_samples or (2000 if len(shape) == 1 else min(num_classes**2, 100) if num_classes else 64)
         x0 = next(source_noise(pl_module, 0, n, self.seed, chunk=n))
-        self.last_samples = {s: pl_module.sample(x0, steps=s) for s in eval_steps(pl_module, self.steps)}
+        self.last_samples = {s: sample(pl_module, x0, s, 0) for s in eval_steps(pl_module, self.steps)}
         labelled = {f"{s} step{'s' if s > 1 else ''}": x for s, x in self.last_samples.items()}
         reference = batch_target(batch) if len(shape) == 1 else None
         image = render_samples(labelled, reference=reference, title=f"step {trainer.global_step}")

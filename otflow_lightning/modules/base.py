@@ -32,10 +32,21 @@ def draw_times(shape: tuple[int, ...], time_dist: str, mean: float, std: float, 
 
 
 class OneStepModule(pl.LightningModule):
-    """Base of OT-MF and OT-NFM: a generator ``source -> target`` trained on OT-paired batches.
+    r"""Base of OT-MF and OT-NFM: a generator ``source -> target`` trained on OT-paired batches.
 
     Subclasses implement :meth:`loss` (``Pair -> (loss, logs)``) and :meth:`sample`, and set
     :attr:`supported_steps`. Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
+
+    **Class-conditional generation** (``num_classes``): the net gets the batch's labels (a net built
+    with ``num_classes``: :class:`~otflow_lightning.nets.TimeMLP`, :class:`~otflow_lightning.nets.UNet`),
+    a ``label_dropout`` share of them replaced by the null label ``num_classes`` so one net is also
+    the unconditional model. Train it with ``OTPairDataModule(conditional=True)``: noise gets its
+    label before matching (C2OT), as at sampling time. **Classifier-free guidance is folded into
+    training**: with ``guidance_scale`` :math:`\omega \ne 1` the regression target :math:`y` of a
+    labelled row becomes :math:`\mathrm{sg}(f_\varnothing) + \omega\,(y - \mathrm{sg}(f_\varnothing))`,
+    where :math:`f_\varnothing` is the net's own unconditional prediction of the same quantity, so
+    the conditional net learns the guided field and sampling stays one call (MeanFlow's CFG; the
+    subclasses say what :math:`y` and :math:`f_\varnothing` are).
 
     Args:
         net: the network (see the subclass for its call signature).
@@ -45,6 +56,9 @@ class OneStepModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up.
+        num_classes: number of classes for class-conditional generation (``None``: unconditional).
+        label_dropout: share of training labels replaced by the null label (needed for guidance).
+        guidance_scale: classifier-free guidance scale ``omega`` folded into training (1: none).
     """
 
     #: step counts :meth:`sample` accepts (``None``: any positive number)
@@ -59,9 +73,23 @@ class OneStepModule(pl.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        num_classes: int | None = None,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_source(source, data_shape)
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if guidance_scale != 1.0 and (num_classes is None or label_dropout == 0.0):
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a class-conditional model trained with label dropout: "
+                "set num_classes and label_dropout > 0 (e.g. 0.1), or guidance_scale=1"
+            )
+        self.num_classes, self.label_dropout, self.guidance_scale = num_classes, label_dropout, guidance_scale
+        self._labels_checked = False
         self.net = net
         self.source = source
         self.data_shape = tuple(int(s) for s in data_shape)
@@ -69,8 +97,12 @@ class OneStepModule(pl.LightningModule):
         self._time_generator: torch.Generator | None = None
 
     # ---------------------------------------------------------------- protocol
-    def sample(self, x0: Tensor, steps: int = 1) -> Tensor:
-        """Map source samples ``x0`` ``(n, *data_shape)`` to target samples of the same shape."""
+    def sample(self, x0: Tensor, steps: int = 1, labels: Tensor | None = None) -> Tensor:
+        """Map source samples ``x0`` ``(n, *data_shape)`` to target samples of the same shape.
+
+        ``labels`` ``(n,)``: classes to generate (class-conditional modules); ``None`` is the null
+        label, i.e. the unconditional model.
+        """
         raise NotImplementedError
 
     def check_steps(self, steps: int) -> None:
@@ -80,10 +112,63 @@ class OneStepModule(pl.LightningModule):
             raise ValueError(f"{type(self).__name__}.sample does not support steps={steps}; allowed: {allowed}")
 
     @torch.no_grad()
-    def generate(self, n: int, steps: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` source samples on the module's device and map them: ``(n, *data_shape)``."""
+    def generate(
+        self, n: int, steps: int = 1, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
+        """Draw ``n`` source samples on the module's device and map them: ``(n, *data_shape)``.
+
+        A class-conditional module generates ``labels`` ``(n,)``, by default the balanced sequence
+        ``0, 1, ..., num_classes - 1, 0, 1, ...``.
+        """
         x0 = draw_source(self.source, n, self.data_shape, generator=generator, device=self.device)
-        return self.sample(x0, steps=steps)
+        if labels is None and self.num_classes is not None:
+            labels = torch.arange(n, device=self.device) % self.num_classes
+        return self.sample(x0, steps=steps, labels=labels)
+
+    # ---------------------------------------------------------------- class conditioning
+    def check_labels(self, labels: Tensor | None, n: int) -> Tensor | None:
+        """``labels`` as a long tensor on the module's device, checked against ``num_classes``."""
+        if labels is None:
+            return None
+        if self.num_classes is None:
+            raise ValueError(f"labels were given but {type(self).__name__} is unconditional; build it with num_classes")
+        labels = torch.as_tensor(labels, device=self.device).long()
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
+        return labels
+
+    def condition(self, pair: Pair) -> Tensor | None:
+        """Labels the net sees for a batch: ``None`` when unconditional; else ``pair.labels`` with
+        (in training) a ``label_dropout`` share replaced by the null label ``num_classes``."""
+        if self.num_classes is None:
+            return None
+        if pair.labels is None:
+            raise ValueError(
+                f"{type(self).__name__} has num_classes={self.num_classes} but the batch has no labels: train on a "
+                "labelled dataset ((x, label) items) with data.conditional=true"
+            )
+        labels = pair.labels.long()
+        if not self._labels_checked:  # once: a range check costs a host sync
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"batch labels span [{lo}, {hi}] but num_classes={self.num_classes}; set model.num_classes > {hi}")
+            self._labels_checked = True
+        if self.training and self.label_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device, generator=self.time_generator()) < self.label_dropout
+            labels = labels.masked_fill(drop, self.num_classes)
+        return labels
+
+    def guided(self, target: Tensor, unconditional: Tensor, labels: Tensor | None) -> Tensor:
+        """Folded guidance: ``unconditional + guidance_scale * (target - unconditional)`` on labelled
+        rows, ``target`` on null-label rows; all ``(n, ...)``, ``unconditional`` without gradient."""
+        if labels is None or self.guidance_scale == 1.0:
+            return target
+        labelled = (labels != self.num_classes).reshape((-1,) + (1,) * (target.ndim - 1))
+        return torch.where(labelled, unconditional + self.guidance_scale * (target - unconditional), target)
+
+    def null_labels(self, n: int) -> Tensor:
+        """``(n,)`` null labels (the unconditional model of a class-conditional net)."""
+        return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
 
     def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss of a paired batch and extra scalars to log."""
@@ -107,6 +192,15 @@ class OneStepModule(pl.LightningModule):
                 f"mismatched config: the model's source is {self.source!r} but the data's is {dm_source!r}; "
                 "set model.source and data.source alike (the otflow CLI links them)"
             )
+        conditional = getattr(dm, "conditional", None)
+        if conditional is False and self.num_classes is not None and getattr(getattr(dm, "coupler", None), "method", None) != "independent":
+            raise ValueError(
+                f"mismatched config: model.num_classes={self.num_classes} but data.conditional is false, so noise would "
+                "inherit its OT partner's label (the train/test skew of plain OT); set data.conditional=true"
+            )
+        if conditional and self.num_classes is None:
+            raise ValueError("mismatched config: data.conditional=true pairs noise within classes but the model is "
+                             "unconditional; set model.num_classes (and a net built with num_classes)")
         dm_shape = getattr(dm, "data_shape", None)
         if dm_shape is not None and tuple(dm_shape) != self.data_shape:
             raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}")
@@ -140,8 +234,9 @@ class OneStepModule(pl.LightningModule):
         self.log("test/loss", loss, sync_dist=True, batch_size=len(batch))
 
     def predict_step(self, batch: Pair, batch_idx: int) -> Tensor:
-        """One-step samples from the batch's source draws: ``(n, *data_shape)``."""
-        return self.sample(self._as_pair(batch).x0, steps=1)
+        """One-step samples from the batch's source draws (of the batch's labels, if conditional): ``(n, *data_shape)``."""
+        pair = self._as_pair(batch)
+        return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

@@ -23,10 +23,20 @@ the network is called as ``u(z, t, t - r)`` with ``t >= r``): their ``(t, r)`` i
 ``logit(1 - t) = -logit(t)``, their logit-normal mean ``mu`` is our ``-mu`` (same std). Their
 ImageNet default ``LN(-0.4, 1.0)`` is ``time_mean=0.4`` here; their CIFAR ``LN(-2, 2)`` is
 ``time_mean=2.0``. The network sees ``(z, t, e - t)``: the two time embeddings of MeanFlow.
+
+**Classifier-free guidance** (MeanFlow's, folded into training): for a labelled row the
+instantaneous velocity in the target and in the JVP tangent is replaced by
+
+.. math::  v_g = \omega\, v + \kappa\, u(z_t, t, t \mid c) + (1 - \omega - \kappa)\, u(z_t, t, t \mid \varnothing),
+
+the two ``u`` from the net itself at ``e = t`` without gradient (null-label rows keep ``v``). The
+net then learns the average velocity of the guided field, with effective scale
+:math:`\omega / (1 - \kappa)`, and one call still generates.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -61,7 +71,10 @@ class OTMeanFlow(OneStepModule):
         jvp_no_grad: predict with a normal forward and take ``du/dt`` from a JVP under
             ``no_grad`` (two passes, less memory: for large image nets; the only way bf16 autocast
             speeds up training, since the JVP itself always runs in fp32).
-        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, ...).
+        guidance_kappa: MeanFlow's ``kappa``, the share of the net's own conditional velocity in the
+            guided target (0: plain ``v_g = u_null + omega (v - u_null)``).
+        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, num_classes, label_dropout,
+            guidance_scale, ...).
     """
 
     def __init__(
@@ -81,22 +94,31 @@ class OTMeanFlow(OneStepModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        num_classes: int | None = None,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
+        guidance_kappa: float = 0.0,
     ) -> None:
         check_time_dist(time_dist)
         if not 0.0 <= interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in [0, 1], got {interval_fraction}")
+        if not 0.0 <= guidance_kappa < 1.0 or (guidance_kappa and num_classes is None):
+            raise ValueError(f"guidance_kappa must be in [0, 1) and needs num_classes, got {guidance_kappa}")
         if net is None:
-            net = TimeMLP(dim=flat_dim(data_shape), num_times=2)
-        super().__init__(net, source, data_shape, lr, weight_decay, betas, warmup_steps)
+            net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
+        super().__init__(
+            net, source, data_shape, lr, weight_decay, betas, warmup_steps, num_classes, label_dropout, guidance_scale
+        )
+        self.guidance_kappa = guidance_kappa
         self.save_hyperparameters(ignore=["net"])
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.interval_fraction, self.fm_warmup_steps = interval_fraction, fm_warmup_steps
         self.adaptive_p, self.adaptive_c, self.jvp_no_grad = adaptive_p, adaptive_c, jvp_no_grad
 
     # ---------------------------------------------------------------- pieces
-    def average_velocity(self, z: Tensor, t: Tensor, e: Tensor) -> Tensor:
-        """``u(z, t, e)``: average velocity from ``t`` to ``e`` (``(n,)`` each) at ``z``."""
-        return self.net(z, t, e - t)
+    def average_velocity(self, z: Tensor, t: Tensor, e: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``u(z, t, e)``: average velocity from ``t`` to ``e`` (``(n,)`` each) at ``z``, given ``labels``."""
+        return self.net(z, t, e - t) if labels is None else self.net(z, t, e - t, labels=labels)
 
     def sample_times(self, n: int) -> tuple[Tensor, Tensor]:
         """Draw start and end times ``(t, e)``, each ``(n,)``, with ``0 <= t <= e <= 1``.
@@ -115,9 +137,28 @@ class OTMeanFlow(OneStepModule):
         """Adaptive weight ``sg(1 / (sq_error + c)^p)`` per sample (``sq_error``: ``(n,)``)."""
         return 1.0 / (sq_error.detach() + self.adaptive_c) ** self.adaptive_p
 
-    def meanflow_target(self, z: Tensor, t: Tensor, e: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Prediction ``u(z, t, e)`` and the stop-gradient target ``v + (e - t) du/dt``."""
+    def guided_velocity(self, z: Tensor, t: Tensor, v: Tensor, labels: Tensor | None) -> Tensor:
+        """The velocity ``v_g`` of the guided field (see the module docstring); ``v`` when unguided."""
+        if labels is None or (self.guidance_scale == 1.0 and self.guidance_kappa == 0.0):
+            return v
+        n = z.shape[0]
+        with torch.no_grad():
+            if self.guidance_kappa:
+                both = self.average_velocity(torch.cat([z, z]), torch.cat([t, t]), torch.cat([t, t]),
+                                             torch.cat([self.null_labels(n), labels]))
+                u_null, u_cond = both[:n], both[n:]
+            else:
+                u_null = self.average_velocity(z, t, t, self.null_labels(n))
+        v_g = self.guided(v, u_null, labels)
+        if self.guidance_kappa:
+            labelled = (labels != self.num_classes).reshape((-1,) + (1,) * (z.ndim - 1))
+            v_g = v_g + self.guidance_kappa * labelled * (u_cond - u_null)
+        return v_g
+
+    def meanflow_target(self, z: Tensor, t: Tensor, e: Tensor, v: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Prediction ``u(z, t, e)`` and the stop-gradient target ``v + (e - t) du/dt`` (``labels``: the condition)."""
         shape = (-1,) + (1,) * (z.ndim - 1)
+        average_velocity = functools.partial(self.average_velocity, labels=labels)
         tangents = (v, torch.ones_like(t), torch.zeros_like(e))
         # forward-mode AD under autocast fails (conv tangents keep fp32, weights are cast): the JVP
         # runs in fp32; with jvp_no_grad the gradient pass alone uses the mixed precision
@@ -125,12 +166,12 @@ class OTMeanFlow(OneStepModule):
         if self.jvp_no_grad:
             devices = [z.device] if z.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # the JVP pass redraws the same dropout masks
-                u = self.average_velocity(z, t, e)
+                u = average_velocity(z, t, e)
             with torch.no_grad(), fp32:
-                _, dudt = torch.func.jvp(self.average_velocity, (z, t, e), tangents)
+                _, dudt = torch.func.jvp(average_velocity, (z, t, e), tangents)
         else:
             with fp32:
-                u, dudt = torch.func.jvp(self.average_velocity, (z, t, e), tangents)
+                u, dudt = torch.func.jvp(average_velocity, (z, t, e), tangents)
         target = v + (e - t).reshape(shape) * dudt
         return u, target.detach()
 
@@ -139,23 +180,27 @@ class OTMeanFlow(OneStepModule):
         t, e = self.sample_times(x0.shape[0])
         shape = (-1,) + (1,) * (x0.ndim - 1)
         z = (1 - t.reshape(shape)) * x0 + t.reshape(shape) * x1
-        u, target = self.meanflow_target(z, t, e, x1 - x0)
+        labels = self.condition(pair)
+        v = self.guided_velocity(z, t, x1 - x0, labels)
+        u, target = self.meanflow_target(z, t, e, v, labels)
         sq_error = (u - target).reshape(u.shape[0], -1).square().sum(1)
         loss = (self.loss_weight(sq_error) * sq_error).mean()
         return loss, {"mse": sq_error.mean().detach() / flat_dim(self.data_shape)}
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, x0: Tensor, steps: int = 1) -> Tensor:
+    def sample(self, x0: Tensor, steps: int = 1, labels: Tensor | None = None) -> Tensor:
         """Map ``x0`` ``(n, *data_shape)`` to the target in ``steps`` average-velocity jumps.
 
         ``z_e = z_t + (e - t) u(z_t, t, e)`` on a uniform grid of ``steps`` intervals; ``steps=1``
-        is one network call: ``x0 + u(x0, 0, 1)``.
+        is one network call: ``x0 + u(x0, 0, 1)``. ``labels`` ``(n,)``: classes to generate
+        (guided, if trained with ``guidance_scale``); ``None``: the unconditional model.
         """
         self.check_steps(steps)
         z = x0.to(self.device)
+        labels = self.check_labels(labels, z.shape[0])
         grid = torch.linspace(0.0, 1.0, steps + 1, device=z.device, dtype=z.dtype)
         for t, e in zip(grid[:-1], grid[1:]):
             tt, ee = t.expand(z.shape[0]), e.expand(z.shape[0])
-            z = z + (e - t) * self.average_velocity(z, tt, ee)
+            z = z + (e - t) * self.average_velocity(z, tt, ee, labels)
         return z

@@ -14,6 +14,11 @@ for every :math:`x_0`, so all samples collapse to one point; the map is non-dege
 :math:`\mathbb{E}_\pi[x_1 \mid x_0]` varies with :math:`x_0`, which a deterministic (Monge) coupling
 guarantees. Minibatch OT gives a batch-blurred map; persistent couplings
 (:class:`~otflow_lightning.ot.OnlineCoupling`) sharpen it.
+
+**Classifier-free guidance**, folded into training: a labelled row regresses onto
+:math:`\mathrm{sg}(F(x_0, t \mid \varnothing)) + \omega\,(x_t - \mathrm{sg}(F(x_0, t \mid \varnothing)))`,
+whose minimiser is the guided map :math:`F_\varnothing + \omega\,(F_c - F_\varnothing)`: one call
+still generates.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ class OTNeuralFlowMatching(OneStepModule):
         time_mean, time_std: logit-normal parameters.
         endpoint_weight: weight ``w_1`` of the extra ``t = 1`` term (0 turns it off); it costs a
             second forward pass on the batch.
-        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, ...).
+        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, num_classes, label_dropout,
+            guidance_scale, ...).
     """
 
     supported_steps = (1,)
@@ -70,13 +76,18 @@ class OTNeuralFlowMatching(OneStepModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        num_classes: int | None = None,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
     ) -> None:
         check_time_dist(time_dist)
         if endpoint_weight < 0:
             raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
         if net is None:
-            net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1))
-        super().__init__(net, source, data_shape, lr, weight_decay, betas, warmup_steps)
+            net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1, num_classes=num_classes))
+        super().__init__(
+            net, source, data_shape, lr, weight_decay, betas, warmup_steps, num_classes, label_dropout, guidance_scale
+        )
         self.save_hyperparameters(ignore=["net"])
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.endpoint_weight = endpoint_weight
@@ -86,16 +97,24 @@ class OTNeuralFlowMatching(OneStepModule):
         """Regression times ``(n,)`` in [0, 1] from ``time_dist``."""
         return draw_times((n,), self.time_dist, self.time_mean, self.time_std, self.time_generator(), self.device)
 
+    def flow_map(self, x0: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``F(x0, t)`` (given ``labels``, if conditional): ``(n, *data_shape)``."""
+        return self.net(x0, t) if labels is None else self.net(x0, t, labels=labels)
+
     def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
-        x0, x1 = pair.x0, pair.x1
+        x0, x1, labels = pair.x0, pair.x1, self.condition(pair)
         n = x0.shape[0]
         t = self.sample_times(n)
         if self.endpoint_weight > 0:  # one forward for both terms
             t = torch.cat([t, torch.ones_like(t)])
             x0, x1 = torch.cat([x0, x0]), torch.cat([x1, x1])
+            labels = None if labels is None else torch.cat([labels, labels])
         tc = t.reshape((-1,) + (1,) * (x0.ndim - 1))
         x_t = (1 - tc) * x0 + tc * x1
-        sq_error = (self.net(x0, t) - x_t).flatten(1).square().mean(1)
+        if labels is not None and self.guidance_scale != 1.0:
+            with torch.no_grad():
+                x_t = self.guided(x_t, self.flow_map(x0, t, self.null_labels(len(t))), labels)
+        sq_error = (self.flow_map(x0, t, labels) - x_t).flatten(1).square().mean(1)
         flow = sq_error[:n].mean()
         if self.endpoint_weight == 0:
             return flow, {"flow_mse": flow.detach()}
@@ -107,7 +126,8 @@ class OTNeuralFlowMatching(OneStepModule):
         loss, _ = self.loss(pair)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
         # collapse detector: one-step samples of this batch's source against its targets
-        self.log("val/var_ratio", variance_ratio(self.sample(pair.x0), pair.x1), sync_dist=True, batch_size=len(pair))
+        labels = None if self.num_classes is None else pair.labels
+        self.log("val/var_ratio", variance_ratio(self.sample(pair.x0, labels=labels), pair.x1), sync_dist=True, batch_size=len(pair))
 
     # ---------------------------------------------------------------- sampling
     def check_steps(self, steps: int) -> None:
@@ -118,11 +138,13 @@ class OTNeuralFlowMatching(OneStepModule):
             )
 
     @torch.no_grad()
-    def sample(self, x0: Tensor, steps: int = 1) -> Tensor:
-        """One call of the map: ``F(x0, 1)``, ``x0`` ``(n, *data_shape)`` -> ``(n, *data_shape)``."""
+    def sample(self, x0: Tensor, steps: int = 1, labels: Tensor | None = None) -> Tensor:
+        """One call of the map: ``F(x0, 1)``, ``x0`` ``(n, *data_shape)`` -> ``(n, *data_shape)``;
+        ``labels`` ``(n,)``: classes to generate (``None``: the unconditional model)."""
         self.check_steps(steps)
         x0 = x0.to(self.device)
-        return self.net(x0, torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype))
+        labels = self.check_labels(labels, x0.shape[0])
+        return self.flow_map(x0, torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype), labels)
 
     @torch.no_grad()
     def inverse(self, x1: Tensor) -> Tensor:

@@ -44,16 +44,18 @@ class ResidualFlowMap(nn.Module):
     images: the map does not care what ``g`` is. It is not constrained to be invertible.
 
     Args:
-        net: ``g``, called ``net(x, t)`` with ``x`` ``(n, *shape)`` and ``t`` ``(n,)``.
+        net: ``g``, called ``net(x, t)`` with ``x`` ``(n, *shape)`` and ``t`` ``(n,)``; for class
+            conditioning ``net(x, t, labels=labels)`` (a net built with ``num_classes``).
     """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
         t = _times(t, x)
-        return x + _column(t, x) * self.net(x, t)
+        g = self.net(x, t) if labels is None else self.net(x, t, labels=labels)
+        return x + _column(t, x) * g
 
 
 class LipSwish(nn.Module):

@@ -31,7 +31,7 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """``net(x, *times) -> (n, dim)``: an MLP on ``[x, emb(t_1), ..., emb(t_k)]``.
+    """``net(x, *times, labels=None) -> (n, dim)``: an MLP on ``[x, emb(t_1), ..., emb(t_k), emb(label)]``.
 
     OT-MF calls it with two times (start ``t`` and interval ``h = t_end - t``), OT-NFM flow maps
     with one. Every time gets its own sinusoidal embedding.
@@ -42,13 +42,26 @@ class TimeMLP(nn.Module):
         depth: number of hidden layers.
         num_times: how many time arguments ``forward`` takes.
         frequencies: sinusoidal frequencies per time.
+        num_classes: number of labels for class conditioning (``None``: unconditional); label
+            ``num_classes`` is the null class (label dropout, guidance), as in the U-Net.
+        label_dim: width of the learned label embedding.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, num_times: int = 2, frequencies: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 3,
+        num_times: int = 2,
+        frequencies: int = 4,
+        num_classes: int | None = None,
+        label_dim: int = 16,
+    ) -> None:
         super().__init__()
-        self.dim, self.num_times = dim, num_times
+        self.dim, self.num_times, self.num_classes = dim, num_times, num_classes
         self.embeddings = nn.ModuleList(SinusoidalEmbedding(frequencies) for _ in range(num_times))
-        width = dim + sum(e.dim for e in self.embeddings)
+        self.label_embedding = nn.Embedding(num_classes + 1, label_dim) if num_classes else None
+        width = dim + sum(e.dim for e in self.embeddings) + (label_dim if num_classes else 0)
         layers: list[nn.Module] = []
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
@@ -56,9 +69,16 @@ class TimeMLP(nn.Module):
         layers.append(nn.Linear(width, dim))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, *times: Tensor) -> Tensor:
-        """Args: ``x`` ``(n, dim)``; each time ``(n,)`` (or a scalar, broadcast). Returns ``(n, dim)``."""
+    def forward(self, x: Tensor, *times: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Args: ``x`` ``(n, dim)``; each time ``(n,)`` (or a scalar, broadcast); ``labels`` ``(n,)``
+        long (``num_classes`` = null) or ``None`` (null for a conditional net). Returns ``(n, dim)``."""
         if len(times) != self.num_times:
             raise ValueError(f"TimeMLP was built for {self.num_times} time arguments, got {len(times)}")
         feats = [x] + [emb(torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])) for emb, t in zip(self.embeddings, times)]
+        if self.label_embedding is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            feats.append(self.label_embedding(labels))
+        elif labels is not None:
+            raise ValueError("labels were given but the TimeMLP is unconditional; build it with num_classes")
         return self.layers(torch.cat(feats, dim=1))
