@@ -60,7 +60,7 @@ def test_exact_plan_sampler_returns_the_exact_permutation(d):
 @pytest.mark.parametrize("method, floor", [("lowrank", 0.85), ("sinkhorn", 0.9)])
 def test_plan_samplers_close_the_gap_on_clustered_2d_data(method, floor):
     """8gaussians, n=256. Measured gap closed of the sampled pairs over seeds 0-4: lowrank (rank 32)
-    0.91-0.96, sinkhorn 0.95-0.98; exact-or-better permutations would be 1 (sampled pairs may exceed 1)."""
+    0.93-0.97, sinkhorn 0.95-0.98; exact-or-better permutations would be 1 (sampled pairs may exceed 1)."""
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(256, 2, generator=g), sample_toy("8gaussians", 256, generator=g)
     coupling = OTCoupler(method, plan_sampler=True).couple(x0, x1, generator=torch.Generator().manual_seed(0))
@@ -96,6 +96,8 @@ def test_unsupported_combinations_raise():
         OnlineCoupling(method="sinkhorn", plan_sampler=True)
     with pytest.raises(ValueError, match="rank"):
         OTCoupler("lowrank", plan_sampler=True, rank=0).match(torch.randn(8, 2), torch.randn(8, 2))
+    with pytest.raises(ValueError, match="init"):
+        OTCoupler("lowrank", plan_sampler=True, init="deterministic").match(torch.randn(8, 2), torch.randn(8, 2))
     assert set(PLANS) == {"exact", "emd", "sinkhorn", "lowrank"}
 
 
@@ -110,7 +112,7 @@ def test_datamodule_pairs_by_a_sampled_plan():
     assert pair.index.unique().numel() < 64  # targets repeat
     assert pair.stats["coupling/unique_targets"] == pair.index.unique().numel() / 64
     assert pair.stats["coupling/cost"] == pytest.approx(float(pair_cost(pair.x0, pair.x1).mean()))
-    assert gap_closed(pair.x0, x, pair.index) >= 0.8  # measured 0.86-0.98 over 5 data and 3 sampling seeds
+    assert gap_closed(pair.x0, x, pair.index) >= 0.8  # measured 0.85-1.0 over 5 data and 3 sampling seeds
 
 
 def test_plan_sampler_fits_from_the_cli(in_tmp):

@@ -338,6 +338,7 @@ def plan_lowrank(
     epsilon: float = 0.0,
     max_iter: int = 2000,
     tol: float = 1e-3,
+    init: str | None = None,
     seed: int = 49,
 ) -> TransportPlan:
     r"""Low-rank OT plan :math:`P = Q\,\mathrm{diag}(1/g)\,R^\top` by POT's ``ot.lowrank_sinkhorn``
@@ -357,7 +358,12 @@ def plan_lowrank(
         max_iter, tol: budget and tolerance (L1 error of the marginals, which sum to 1) of the inner
             Dykstra iterations. POT's default tolerance, 1e-7, costs 3-5x the time for the same
             plan cost on the 2D toys; 1e-3 misplaces 0.1% of the mass, far below the sampling noise.
-        seed: seed of POT's random initialisation of the factors (its own generator).
+        init: POT's initialisation of the factors: ``kmeans`` (scikit-learn k-means of each cloud,
+            CPU only) or ``random``; default ``kmeans`` for CPU inputs, ``random`` otherwise. POT's
+            100 mirror-descent steps barely move a random start in high dimension: on 8 clusters in
+            d=784 (n=256-1024) the plan closes 2-7% of the gap from ``random`` and 82-86% from
+            ``kmeans``; in 2D both close 89-96%.
+        seed: seed of the initialisation (POT's own generator, or k-means' random state).
     """
     import warnings
 
@@ -365,11 +371,15 @@ def plan_lowrank(
 
     if rank < 1:
         raise ValueError(f"lowrank needs rank >= 1, got {rank}")
+    cpu = x0.device.type == "cpu"
+    init = init or ("kmeans" if cpu else "random")
+    if init not in ("kmeans", "random") or (init == "kmeans" and not cpu):
+        raise ValueError(f"lowrank init must be 'random' or, for CPU inputs, 'kmeans'; got {init!r} on {x0.device}")
     a = x0.detach().reshape(x0.shape[0], -1).to(torch.float64)
     b = x1.detach().reshape(x1.shape[0], -1).to(torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        q, r, g = ot.lowrank_sinkhorn(a, b, reg=epsilon, rank=rank, numItermax=max_iter, stopThr=tol, seed_init=seed)
+        q, r, g = ot.lowrank_sinkhorn(a, b, reg=epsilon, rank=rank, numItermax=max_iter, stopThr=tol, init=init, seed_init=seed)
     converged = not any("did not converge" in str(w.message) for w in caught)
     plan = (q / g) @ r.T
     if not torch.isfinite(plan).all():
