@@ -62,7 +62,8 @@ class Solution:
     """What a solver returns.
 
     Attributes:
-        perm: ``(n,)`` LongTensor on the cost's device, a permutation of ``range(n)``.
+        perm: ``(n,)`` LongTensor on the cost's device, a permutation of ``range(n)`` (or, built by
+            the coupler from a sampled plan, an index that may repeat targets).
         iterations: iterations the solver ran (rounds, Sinkhorn steps, plans), or ``None``.
         converged: ``False`` when the solver stopped at its budget and ``perm`` was repaired into a
             permutation; the coupler applies the user's failure policy to it.
