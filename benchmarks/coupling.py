@@ -4,9 +4,17 @@ For each data set, batch size n and dimension d, the source is N(0, I) and every
 same (x0, x1). Columns: wall time (cost matrix included, best of ``--repeat`` runs, or fewer
 once 2 s are spent), time relative to
 torchcfm's ``OTPlanSampler("exact")``, cost ratio (coupled cost / independent cost) and the gap
-closed, (C_independent - C) / (C_independent - C_optimal), with C_optimal from the exact solver.
+closed, (C_independent - C) / (C_independent - C_optimal), with C_optimal from the exact solver,
+and the fraction of distinct targets among the pairs (1 for a permutation).
+
+A method written ``name/plan`` runs ``OTCoupler(name, plan_sampler=True)``: one target per source
+drawn from the method's transport plan (``sinkhorn/plan``: the entropic plan unrounded;
+``lowrank/plan``: POT's low-rank Sinkhorn, rank 32). Sampled pairs repeat targets, so their cost can
+fall below the optimum of a bijection and their gap closed can exceed 1.
 
     python benchmarks/coupling.py                                     # CPU table
+    python benchmarks/coupling.py --data gaussian moons --n 256 1024 --d 2 784 \\
+        --methods exact sinkhorn sinkhorn/plan lowrank/plan            # the plan samplers
     python benchmarks/coupling.py --device cuda --data gaussian --n 4096 --d 3072 \\
         --methods auction sinkhorn --repeat 10                       # the GPU figure
 
@@ -98,7 +106,9 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["gaussian", "mixture", "moons", "8gaussians", "digits"])
     parser.add_argument("--n", nargs="+", type=int, default=[256, 1024, 4096])
     parser.add_argument("--d", nargs="+", type=int, default=[2, 784, 3072])
-    parser.add_argument("--methods", nargs="+", default=["exact", "auction", "sinkhorn", "bsp", "emd", "lapjv"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["exact", "auction", "sinkhorn", "bsp", "emd", "lapjv", "sinkhorn/plan", "lowrank/plan"]
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; skip a method whose next n would exceed it")
@@ -107,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"{'data':<11}{'d':>5}{'n':>6}  {'method':<10}{'ms':>10}{'x torchcfm':>11}{'cost ratio':>11}{'gap closed':>11}")
+    print(f"{'data':<11}{'d':>5}{'n':>6}  {'method':<14}{'ms':>10}{'x torchcfm':>11}{'cost ratio':>11}{'gap closed':>11}{'targets':>9}")
     for data in args.data:
         for d in args.d:
             last_ms: dict[str, float] = {}
@@ -125,28 +135,35 @@ def main() -> None:
                     if name == "bsp" and d > 2:
                         continue  # BSP-OT is a low-dimensional method
                     if last_ms.get(name, 0.0) * 16 > args.budget * 1e3:
-                        rows.append((name, None, None, None))
+                        rows.append((name, None, None, None, None))
                         continue
                     if name in PEERS:
                         ms, (i, j) = timed(lambda: run_peer(name, x0, x1), torch.device("cpu"), args.repeat)
                         cost = float(pair_cost(x0[i], x1[j]).mean())
+                        targets = j.unique().numel() / n
                         peer_ms = ms if name == "torchcfm" else peer_ms
                     else:
                         a, b = x0.to(device), x1.to(device)
-                        coupler = OTCoupler(name)
+                        method, _, plan = name.partition("/")
+                        coupler = OTCoupler(method, plan_sampler=plan == "plan")
+
+                        def match():
+                            return coupler.match(a, b, generator=torch.Generator(device).manual_seed(0))
+
                         if device.type == "cuda":
-                            coupler.match(a, b)  # warm-up
-                        ms, perm = timed(lambda: coupler.match(a, b), device, args.repeat)
+                            match()  # warm-up
+                        ms, perm = timed(match, device, args.repeat)
                         cost = float(pair_cost(x0, x1[perm.cpu()]).mean())
+                        targets = perm.unique().numel() / n
                     last_ms[name] = ms
-                    rows.append((name, ms, cost / c_ind, (c_ind - cost) / max(c_ind - c_opt, 1e-30)))
-                for name, ms, ratio, gap in rows:
-                    head = f"{data:<11}{d:>5}{n:>6}  {name:<10}"
+                    rows.append((name, ms, cost / c_ind, (c_ind - cost) / max(c_ind - c_opt, 1e-30), targets))
+                for name, ms, ratio, gap, targets in rows:
+                    head = f"{data:<11}{d:>5}{n:>6}  {name:<14}"
                     if ms is None:
                         print(f"{head}{'skipped (over --budget)':>43}")
                         continue
                     rel = f"{ms / peer_ms:.3f}" if peer_ms else "-"
-                    print(f"{head}{ms:>10.1f}{rel:>11}{ratio:>11.4f}{gap:>11.4f}", flush=True)
+                    print(f"{head}{ms:>10.1f}{rel:>11}{ratio:>11.4f}{gap:>11.4f}{targets:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":

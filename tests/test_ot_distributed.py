@@ -28,8 +28,14 @@ def worker(rank, port, out):
         paired, (lab, idx), coupling = couple_batch(OTCoupler("exact"), x0, x1, payload=(labels, index), across_ranks=True)
         c0 = draw_source_labels(labels, torch.Generator().manual_seed(rank))
         _, (clab, _), _ = couple_batch(OTCoupler("exact"), x0, x1, c0, labels, payload=(labels, index), across_ranks=True)
+        # plan sampler: ranks hold different generators, yet rank 0's draw is the one all ranks keep
+        sampler = OTCoupler("sinkhorn", plan_sampler=True)
+        sampled, (sidx,), scoupling = couple_batch(
+            sampler, x0, x1, payload=(index,), across_ranks=True, generator=torch.Generator().manual_seed(7 + rank)
+        )
         torch.save(
-            {"perm": coupling.perm, "x1": paired, "labels": lab, "index": idx, "cost": coupling.cost, "c0": c0, "clab": clab},
+            {"perm": coupling.perm, "x1": paired, "labels": lab, "index": idx, "cost": coupling.cost, "c0": c0, "clab": clab,
+             "sperm": scoupling.perm, "sx1": sampled, "sindex": sidx},
             os.path.join(out, f"rank{rank}.pt"),
         )
     finally:
@@ -57,5 +63,12 @@ def test_global_match_is_identical_on_two_ranks(tmp_path):
         assert torch.equal(res["x1"], x1[mine]) and torch.equal(res["index"], index[mine])
         assert torch.equal(res["labels"], labels[mine])
         assert torch.equal(res["clab"], res["c0"])  # conditional: each noise sample keeps its drawn label
+    # the plan sampler's global draw: identical on both ranks, rank 0's generator, targets may repeat
+    assert torch.equal(results[0]["sperm"], results[1]["sperm"])
+    sperm = OTCoupler("sinkhorn", plan_sampler=True).match(x0, x1, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(results[0]["sperm"], sperm) and sperm.unique().numel() < 2 * N
+    for r, res in enumerate(results):
+        mine = sperm[r * N : (r + 1) * N]
+        assert torch.equal(res["sx1"], x1[mine]) and torch.equal(res["sindex"], index[mine])
     # targets cross ranks: the global match is not the union of per-rank matches
     assert any((res["index"] // 1000 != r).any() for r, res in enumerate(results))

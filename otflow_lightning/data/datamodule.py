@@ -68,7 +68,9 @@ class OTPairDataModule(pl.LightningDataModule):
         coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``auction``,
             ``sinkhorn``, ``bsp``, ``independent``, ...) or an ``OTCoupler``; or ``online`` / an
             :class:`~otflow_lightning.ot.OnlineCoupling` for a persistent assignment keyed by
-            dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it).
+            dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it). An
+            ``OTCoupler(..., plan_sampler=True)`` samples each noise's target from a transport plan
+            with this rank's generator (targets may then repeat within a batch).
         batch_size: per-rank batch size, which is also the OT batch.
         val_target: validation dataset; default for toys: ``val_size`` fresh points.
         toy_size: points in a toy training set (drawn once from ``seed``).
@@ -259,7 +261,7 @@ class OTPairDataModule(pl.LightningDataModule):
                 raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
             c1, c0 = labels, draw_source_labels(labels, generator)
         x1, (labels, index), coupling = couple_batch(
-            self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling
+            self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling, generator=generator
         )
         return Pair(x0, x1, labels, index, coupling.stats())
 

@@ -10,12 +10,13 @@ import torch
 from torch import Tensor
 
 from .costs import label_mismatch, pair_cost, squared_euclidean
-from .solvers import SOLVERS, Solution
+from .solvers import PLANS, SOLVERS, Solution, sample_plan
 
 __all__ = ["OTCoupler", "Coupling", "check_batch"]
 
 log = logging.getLogger(__name__)
 POLICIES = ("raise", "warn")
+POINT_METHODS = ("bsp", "lowrank")  # solve on the points, not on the cost matrix: no label term
 
 
 @dataclass
@@ -23,13 +24,17 @@ class Coupling:
     """Result of one minibatch match.
 
     Attributes:
-        perm: ``(n,)`` LongTensor; ``(x0[i], x1[perm[i]])`` are the pairs.
-        cost: mean squared distance of the coupled pairs.
+        perm: ``(n,)`` LongTensor; ``(x0[i], x1[perm[i]])`` are the pairs. A permutation, except
+            under a plan sampler (``OTCoupler(plan_sampler=True)``), where it is an index of sampled
+            targets that may repeat some targets and leave others out.
+        cost: mean squared distance of the coupled pairs (the sampled pairs under a plan sampler).
         independent_cost: mean squared distance of the identity (independent) pairing.
         ms: wall time of the solve, cost matrix included, in milliseconds.
         iterations: solver iterations, where the solver reports them.
         converged: ``False`` if the solver stopped at its budget (the permutation was repaired).
         failures: unconverged solves so far by this coupler (under ``on_failure="warn"``).
+        unique_targets: fraction of distinct targets in ``perm`` under a plan sampler (1 for a
+            permutation), ``None`` otherwise.
     """
 
     perm: Tensor
@@ -39,6 +44,7 @@ class Coupling:
     iterations: int | None = None
     converged: bool = True
     failures: int = 0
+    unique_targets: float | None = None
 
     @property
     def cost_ratio(self) -> float:
@@ -51,6 +57,8 @@ class Coupling:
         if self.iterations is not None:
             out["coupling/iterations"] = float(self.iterations)
         out["coupling/failures"] = float(self.failures)
+        if self.unique_targets is not None:
+            out["coupling/unique_targets"] = self.unique_targets
         return out
 
 
@@ -73,11 +81,20 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
 
 
 class OTCoupler:
-    r"""Minibatch OT coupling as a permutation of the target batch.
+    r"""Minibatch OT coupling as a permutation of the target batch (or, on request, a sampled plan).
 
     Solves :math:`\min_\sigma \sum_i C_{i\sigma(i)}` with :math:`C_{ij} = \|x_0^i - x_1^j\|^2`
-    and returns :math:`\sigma` as ``perm``. The result is always a bijection: no sample is duplicated
+    and returns :math:`\sigma` as ``perm``. The result is a bijection: no sample is duplicated
     or dropped, and a failed solve never falls back to independent pairs.
+
+    With ``plan_sampler=True`` the coupler instead computes a transport plan :math:`P` (``n x n``,
+    on the inputs' device) and draws one target per source row, :math:`j_i \sim P_{ij} / \sum_k
+    P_{ik}`, with the given generator. ``perm`` is then an *index*, not a permutation: every source
+    appears once (``x0``'s marginal is exact) but targets may repeat or be left out (``x1``'s
+    marginal holds only in expectation); ``coupling/unique_targets`` logs the fraction of distinct
+    targets. Methods with a plan: :data:`~otflow_lightning.ot.solvers.PLANS` (``exact``/``emd``,
+    whose plan is the exact permutation, ``sinkhorn``, unrounded, and ``lowrank``, which has no
+    permutation form and needs ``plan_sampler=True``).
 
     With labels (class-conditional generation, C2OT), ``label_weight=None`` matches strictly within
     each label (one exact sub-problem per class; both sides must hold the same label counts, as
@@ -87,12 +104,16 @@ class OTCoupler:
     Args:
         method: a solver in :data:`~otflow_lightning.ot.SOLVERS`: ``exact`` (fastest exact CPU
             solver for the dimension), ``auction`` (GPU-capable, near-exact), ``sinkhorn``, ``bsp``,
-            ``emd``, ``lsa``, ``lapjv``, ``independent``.
+            ``emd``, ``lsa``, ``lapjv``, ``independent``; or, with ``plan_sampler``, ``lowrank``.
         label_weight: weight of the label-mismatch cost; ``None`` matches strictly within labels.
         on_failure: what an unconverged solve does (a solver stopped at its budget; its result was
-            repaired into a permutation): ``raise`` a ``RuntimeError`` (default) or ``warn``: log a
-            warning, count it in :attr:`failures` and in ``coupling/failures``, and keep the result.
-        **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``).
+            repaired into a permutation, or its plan sampled as it was): ``raise`` a ``RuntimeError``
+            (default) or ``warn``: log a warning, count it in :attr:`failures` and in
+            ``coupling/failures``, and keep the result.
+        plan_sampler: sample each source's target from the method's transport plan instead of
+            returning a permutation (see above).
+        **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
+            ``rank`` for ``lowrank``).
 
     Example:
         >>> coupler = OTCoupler("exact")
@@ -103,20 +124,41 @@ class OTCoupler:
     """
 
     def __init__(
-        self, method: str = "exact", label_weight: float | None = None, on_failure: str = "raise", **options
+        self,
+        method: str = "exact",
+        label_weight: float | None = None,
+        on_failure: str = "raise",
+        plan_sampler: bool = False,
+        **options,
     ) -> None:
-        if method not in SOLVERS:
-            raise ValueError(f"unknown coupling method {method!r}; choose one of {sorted(SOLVERS)}")
+        if method not in SOLVERS and method not in PLANS:
+            raise ValueError(f"unknown coupling method {method!r}; choose one of {sorted(SOLVERS.keys() | PLANS.keys())}")
+        if plan_sampler and method not in PLANS:
+            raise ValueError(
+                f"plan_sampler=True needs a method with a transport plan, one of {sorted(PLANS)}; "
+                f"{method!r} returns only a permutation (set plan_sampler=False to use it)"
+            )
+        if method not in SOLVERS and not plan_sampler:
+            raise ValueError(
+                f"method {method!r} gives a transport plan, not a permutation: pass plan_sampler=True to sample "
+                "pairs from it (targets may then repeat), or pick a bijective method"
+            )
         if on_failure not in POLICIES:
             raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
         if label_weight is not None and not label_weight >= 0:
             raise ValueError(f"label_weight must be >= 0 or None (strict per-label matching), got {label_weight}")
+        if label_weight is not None and method in POINT_METHODS:
+            raise ValueError(
+                f"method {method!r} solves on the points and cannot add a label cost: use label_weight=None "
+                "(strict per-label matching) or a cost-matrix method such as 'exact' or 'sinkhorn'"
+            )
         self.method, self.label_weight, self.on_failure, self.options = method, label_weight, on_failure, options
+        self.plan_sampler = plan_sampler
         self.failures = 0
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"OTCoupler({self.method!r}{opts})"
+        return f"OTCoupler({self.method!r}{', plan_sampler=True' if self.plan_sampler else ''}{opts})"
 
     def cost_matrix(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Tensor:
         """``(n, n)`` cost the solver minimises: squared Euclidean, plus the weighted label term."""
@@ -125,10 +167,14 @@ class OTCoupler:
             cost = cost + self.label_weight * label_mismatch(c0, c1).to(cost)
         return cost
 
-    def _solve(self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None) -> Solution:
-        return SOLVERS[self.method](self.cost_matrix(x0, x1, c0, c1), x0, x1, **self.options)
+    def _solve(self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None, generator: torch.Generator | None) -> Solution:
+        cost = self.cost_matrix(x0, x1, c0, c1)
+        if not self.plan_sampler:
+            return SOLVERS[self.method](cost, x0, x1, **self.options)
+        plan = PLANS[self.method](cost, x0, x1, **self.options)
+        return Solution(sample_plan(plan.plan, generator), plan.iterations, plan.converged)
 
-    def _solve_per_label(self, x0: Tensor, x1: Tensor, c0: Tensor, c1: Tensor) -> Solution:
+    def _solve_per_label(self, x0: Tensor, x1: Tensor, c0: Tensor, c1: Tensor, generator: torch.Generator | None) -> Solution:
         """One sub-problem per label: ``x0`` with label k is matched among ``x1`` with label k."""
         perm = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
         iterations, converged = None, True
@@ -141,42 +187,70 @@ class OTCoupler:
                     f"has {rows.numel()} sources and {cols.numel()} targets. Draw source labels with "
                     "draw_source_labels(c1, generator), or set label_weight for a soft label cost"
                 )
-            sol = self._solve(x0[rows], x1[cols], None, None)
+            sol = self._solve(x0[rows], x1[cols], None, None, generator)
             perm[rows] = cols[sol.perm]
             converged &= sol.converged
             if sol.iterations is not None:
                 iterations = (iterations or 0) + sol.iterations
         return Solution(perm, iterations, converged)
 
-    def couple(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Coupling:
-        """Match the batches and return the permutation with its statistics (see :meth:`match`)."""
+    def couple(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        c0: Tensor | None = None,
+        c1: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Coupling:
+        """Match the batches and return the pairing with its statistics (see :meth:`match`)."""
         check_batch(x0, x1, c0, c1)
         start = time.perf_counter()
         with torch.no_grad():
             strict = c0 is not None and self.label_weight is None
-            sol = self._solve_per_label(x0, x1, c0, c1) if strict else self._solve(x0, x1, c0, c1)
+            sol = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
             transport = pair_cost(x0, x1[sol.perm]).mean()
             independent = pair_cost(x0, x1).mean()
             result = (float(transport), float(independent))
+            unique = sol.perm.unique().numel() / x0.shape[0] if self.plan_sampler else None
         ms = (time.perf_counter() - start) * 1e3
         if not sol.converged:
             message = f"OT solver {self.method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
             if self.on_failure == "raise":
                 raise RuntimeError(f"{message}; raise its budget, or pass on_failure='warn' to count and continue")
             self.failures += 1
-            log.warning("%s; its result was repaired into a permutation (failure %d)", message, self.failures)
-        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures)
+            kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"
+            log.warning("%s; %s (failure %d)", message, kept, self.failures)
+        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures, unique)
 
-    def match(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Tensor:
+    def match(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        c0: Tensor | None = None,
+        c1: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Return ``perm`` (LongTensor ``(n,)`` on the inputs' device): ``(x0[i], x1[perm[i]])`` are the pairs.
 
         Args:
             x0: ``(n, *shape)`` source batch.
             x1: ``(n, *shape)`` target batch.
             c0, c1: optional ``(n,)`` labels of the source and target samples.
-        """
-        return self.couple(x0, x1, c0, c1).perm
+            generator: random generator on the inputs' device for a plan sampler's draws (``None``:
+                torch's global one); unused by the permutation methods.
 
-    def __call__(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        Returns:
+            A permutation of ``range(n)``; under ``plan_sampler=True`` an index that may repeat targets.
+        """
+        return self.couple(x0, x1, c0, c1, generator).perm
+
+    def __call__(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        c0: Tensor | None = None,
+        c1: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Return the paired batch ``(x0, x1[perm])``."""
-        return x0, x1[self.match(x0, x1, c0, c1)]
+        return x0, x1[self.match(x0, x1, c0, c1, generator)]

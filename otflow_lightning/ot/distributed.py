@@ -30,6 +30,7 @@ def couple_batch(
     c1: Tensor | None = None,
     payload: tuple[Tensor | None, ...] = (),
     across_ranks: bool = False,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, tuple[Tensor | None, ...], Coupling]:
     """Pair this rank's sources ``x0`` with targets, locally or by one match over all ranks.
 
@@ -47,19 +48,22 @@ def couple_batch(
         payload: per-target tensors (``(n, ...)`` or ``None``), such as labels and dataset
             indices, reordered with ``x1``.
         across_ranks: solve one global match over all ranks.
+        generator: random generator on the batch's device for a plan sampler's draws (for a
+            global match, rank 0's is used); unused by permutation methods.
 
     Returns:
         ``(x1_paired, payload_paired, coupling)`` where ``(x0[i], x1_paired[i])`` are the pairs; for
-        a global match ``coupling`` describes the world batch (the same on every rank).
+        a global match ``coupling`` describes the world batch (the same on every rank). Under a
+        plan sampler the targets of different rows may coincide (within and across ranks).
     """
     if not across_ranks or world_size() == 1:
-        coupling = coupler.couple(x0, x1, c0, c1)
+        coupling = coupler.couple(x0, x1, c0, c1, generator)
         perm = coupling.perm
         return x1[perm], tuple(None if p is None else p[perm] for p in payload), coupling
     rank, n = dist.get_rank(), x0.shape[0]
     gx0, gx1 = _gather(x0), _gather(x1)
     gc0, gc1 = (None, None) if c0 is None else (_gather(c0), _gather(c1))
-    shared: list[Coupling | None] = [coupler.couple(gx0, gx1, gc0, gc1) if rank == 0 else None]
+    shared: list[Coupling | None] = [coupler.couple(gx0, gx1, gc0, gc1, generator) if rank == 0 else None]
     perm = shared[0].perm if rank == 0 else torch.empty(gx0.shape[0], dtype=torch.long, device=x0.device)
     dist.broadcast(perm, src=0)
     if rank == 0:

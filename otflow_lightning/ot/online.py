@@ -74,6 +74,11 @@ class OnlineCoupling:
         if store not in ("auto", "vectors", "seeds"):
             raise ValueError(f"store must be 'auto', 'vectors' or 'seeds', got {store!r}")
         self.coupler = OTCoupler(method, **options)
+        if self.coupler.plan_sampler:
+            raise ValueError(
+                "OnlineCoupling writes each batch's permuted noises back into its bank and needs a bijection: "
+                "drop plan_sampler (a sampled plan would duplicate some noises and lose others)"
+            )
         self.num_noises, self.store, self.max_stored_floats = num_noises, store, max_stored_floats
         self.bank: Tensor | None = None  # (size, num_noises, *shape) float, or (size, num_noises) int64 seeds
         self._draw: Draw | None = None

@@ -13,6 +13,12 @@ LongTensor on ``cost.device`` such that ``(x0[i], x1[perm[i]])`` are the pairs. 
 - ``sinkhorn``: POT's log-domain Sinkhorn on the device, rounded to a permutation;
 - ``bsp``: POT's BSP-OT bijection, fast and near-exact in low dimension;
 - ``emd``, ``lsa``, ``lapjv``: the individual exact solvers; ``independent``: the identity.
+
+Plan functions, in :data:`PLANS`, return a transport plan instead (``plan(cost, x0, x1, **options)
+-> TransportPlan``); the coupler samples one target per source row from it when the user asks for
+a plan sampler (``OTCoupler(..., plan_sampler=True)``): ``exact``/``emd`` (the network simplex's
+plan, a scaled permutation matrix), ``sinkhorn`` (the entropic plan, unrounded) and ``lowrank``
+(POT's low-rank Sinkhorn, plan only: it gives no bijection).
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ __all__ = [
     "solve_auction",
     "solve_sinkhorn",
     "solve_bsp",
+    "PLANS",
+    "TransportPlan",
+    "plan_emd",
+    "plan_sinkhorn",
+    "plan_lowrank",
+    "sample_plan",
     "check_permutation",
     "repair_permutation",
 ]
@@ -50,13 +62,29 @@ class Solution:
     """What a solver returns.
 
     Attributes:
-        perm: ``(n,)`` LongTensor on the cost's device, a permutation of ``range(n)``.
+        perm: ``(n,)`` LongTensor on the cost's device, a permutation of ``range(n)`` (or, built by
+            the coupler from a sampled plan, an index that may repeat targets).
         iterations: iterations the solver ran (rounds, Sinkhorn steps, plans), or ``None``.
         converged: ``False`` when the solver stopped at its budget and ``perm`` was repaired into a
             permutation; the coupler applies the user's failure policy to it.
     """
 
     perm: Tensor
+    iterations: int | None = None
+    converged: bool = True
+
+
+@dataclass
+class TransportPlan:
+    """What a plan function returns.
+
+    Attributes:
+        plan: ``(n, n)`` non-negative transport plan on the cost's device (rows sum to about ``1/n``).
+        iterations: iterations the solver ran, or ``None``.
+        converged: ``False`` when the solver stopped at its budget before its tolerance.
+    """
+
+    plan: Tensor
     iterations: int | None = None
     converged: bool = True
 
@@ -81,12 +109,7 @@ def solve_independent(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(torch.arange(cost.shape[0], device=cost.device))
 
 
-def solve_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> Solution:
-    """Exact assignment by POT's network simplex (``ot.emd``), CPU, float64.
-
-    With uniform marginals of equal size the simplex ends on a vertex of the Birkhoff polytope, a
-    permutation matrix. Raises ``RuntimeError`` if it stops at ``max_iter`` before optimality.
-    """
+def _emd(cost: Tensor, max_iter: int, threads: int) -> np.ndarray:
     import ot
 
     n = cost.shape[0]
@@ -94,7 +117,23 @@ def solve_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threa
     plan, log = ot.emd(w, w, _cpu_float64(cost), numItermax=max_iter, numThreads=threads, log=True)
     if log.get("result_code", 1) != 1:
         raise RuntimeError(f"exact OT (ot.emd) did not converge: {log.get('warning')}; raise max_iter (now {max_iter})")
-    return Solution(check_permutation(_from_numpy(plan.argmax(1), cost.device), n, "emd"))
+    return plan
+
+
+def plan_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> TransportPlan:
+    """Exact OT plan by POT's network simplex (``ot.emd``), CPU, float64, returned on the cost's device.
+
+    With uniform marginals of equal size the simplex ends on a vertex of the Birkhoff polytope: a
+    permutation matrix scaled by ``1/n``. Raises ``RuntimeError`` if it stops at ``max_iter``
+    before optimality.
+    """
+    return TransportPlan(torch.from_numpy(_emd(cost, max_iter, threads)).to(cost.device))
+
+
+def solve_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> Solution:
+    """Exact assignment: the row argmax of :func:`plan_emd`'s permutation plan (taken on the CPU)."""
+    perm = _from_numpy(_emd(cost, max_iter, threads).argmax(1), cost.device)
+    return Solution(check_permutation(perm, cost.shape[0], "emd"))
 
 
 def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
@@ -263,16 +302,14 @@ def solve_auction(
     return Solution(check_permutation(perm, n, "auction"), iterations=total, converged=converged)
 
 
-def solve_sinkhorn(
+def plan_sinkhorn(
     cost: Tensor, x0=None, x1=None, epsilon: float = 0.05, max_iter: int = 2000, tol: float = 1e-5
-) -> Solution:
-    r"""POT's log-domain Sinkhorn on the cost's device, rounded to a permutation.
+) -> TransportPlan:
+    r"""Entropic OT plan by POT's log-domain Sinkhorn on the cost's device, float64.
 
     The regularisation is ``epsilon`` times the standard deviation of the cost entries (absolute
-    values are meaningless: in high dimension all costs sit near :math:`2d`). The plan is rounded
-    by keeping each row's most likely column where no other row claims it with more mass; the rows
-    left over are matched exactly (scipy) on their sub-problem. Unconverged when Sinkhorn's marginal
-    error stays above ``tol`` after ``max_iter`` iterations.
+    values are meaningless: in high dimension all costs sit near :math:`2d`). Unconverged when
+    Sinkhorn's marginal error stays above ``tol`` after ``max_iter`` iterations.
     """
     import ot
 
@@ -285,8 +322,83 @@ def solve_sinkhorn(
     if not torch.isfinite(plan).all():
         raise RuntimeError(f"Sinkhorn produced a non-finite plan (epsilon={epsilon}); raise epsilon")
     err = float(log["err"][-1]) if log.get("err") else 0.0
-    perm = round_plan(plan, cost)
-    return Solution(perm, iterations=int(log.get("niter", max_iter)), converged=err <= tol)
+    return TransportPlan(plan, iterations=int(log.get("niter", max_iter)), converged=err <= tol)
+
+
+def solve_sinkhorn(cost: Tensor, x0=None, x1=None, **options) -> Solution:
+    """:func:`plan_sinkhorn`'s plan (options go there), rounded to a permutation by :func:`round_plan`."""
+    plan = plan_sinkhorn(cost, **options)
+    return Solution(round_plan(plan.plan, cost), plan.iterations, plan.converged)
+
+
+def plan_lowrank(
+    cost: Tensor,
+    x0: Tensor,
+    x1: Tensor,
+    rank: int = 32,
+    epsilon: float = 0.0,
+    max_iter: int = 2000,
+    tol: float = 1e-3,
+    init: str | None = None,
+    seed: int = 49,
+) -> TransportPlan:
+    r"""Low-rank OT plan :math:`P = Q\,\mathrm{diag}(1/g)\,R^\top` by POT's ``ot.lowrank_sinkhorn``
+    (Scetbon, Cuturi and Peyre 2021), on the points' device, float64.
+
+    The plan has non-negative rank ``rank``: sources and targets are softly grouped into ``rank``
+    shared clusters, and a source's mass spreads over the targets of its clusters. It is no
+    permutation, and its rounding would not be one either, so it is available only as a plan to
+    sample. POT factorises the squared Euclidean cost of the points itself (``cost`` is unused, so
+    no label term can be added) and rescales it to a maximum of 1; ``epsilon`` is POT's entropic
+    ``reg`` on that scale (0: none). Unconverged when POT's inner Dykstra iterations stop at
+    ``max_iter`` above ``tol``.
+
+    Args:
+        rank: non-negative rank of the plan (at most ``n``).
+        epsilon: entropic regularisation on the rescaled cost.
+        max_iter, tol: budget and tolerance (L1 error of the marginals, which sum to 1) of the inner
+            Dykstra iterations. POT's default tolerance, 1e-7, costs 3-5x the time for the same
+            plan cost on the 2D toys; 1e-3 misplaces 0.1% of the mass, far below the sampling noise.
+        init: POT's initialisation of the factors: ``kmeans`` (scikit-learn k-means of each cloud,
+            CPU only) or ``random``; default ``kmeans`` for CPU inputs, ``random`` otherwise. POT's
+            100 mirror-descent steps barely move a random start in high dimension: on 8 clusters in
+            d=784 (n=256-1024) the plan closes 2-7% of the gap from ``random`` and 82-86% from
+            ``kmeans``; in 2D both close 89-96%.
+        seed: seed of the initialisation (POT's own generator, or k-means' random state).
+    """
+    import warnings
+
+    import ot
+
+    if rank < 1:
+        raise ValueError(f"lowrank needs rank >= 1, got {rank}")
+    cpu = x0.device.type == "cpu"
+    init = init or ("kmeans" if cpu else "random")
+    if init not in ("kmeans", "random") or (init == "kmeans" and not cpu):
+        raise ValueError(f"lowrank init must be 'random' or, for CPU inputs, 'kmeans'; got {init!r} on {x0.device}")
+    a = x0.detach().reshape(x0.shape[0], -1).to(torch.float64)
+    b = x1.detach().reshape(x1.shape[0], -1).to(torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q, r, g = ot.lowrank_sinkhorn(a, b, reg=epsilon, rank=rank, numItermax=max_iter, stopThr=tol, init=init, seed_init=seed)
+    converged = not any("did not converge" in str(w.message) for w in caught)
+    plan = (q / g) @ r.T
+    if not torch.isfinite(plan).all():
+        raise RuntimeError(f"low-rank Sinkhorn produced a non-finite plan (rank={rank}, epsilon={epsilon})")
+    return TransportPlan(plan.to(cost.device), converged=converged)
+
+
+def sample_plan(plan: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r"""One target per source row: :math:`j_i \sim P_{ij} / \sum_k P_{ik}`, independently per row.
+
+    Args:
+        plan: ``(n, m)`` non-negative plan whose rows have positive mass.
+        generator: random generator on ``plan``'s device (``None``: torch's global one).
+
+    Returns:
+        ``(n,)`` LongTensor of target indices on ``plan``'s device; targets may repeat.
+    """
+    return torch.multinomial(plan, 1, generator=generator).squeeze(1)
 
 
 def round_plan(plan: Tensor, cost: Tensor) -> Tensor:
@@ -338,4 +450,12 @@ SOLVERS: dict[str, Callable[..., Solution]] = {
     "auction": solve_auction,
     "sinkhorn": solve_sinkhorn,
     "bsp": solve_bsp,
+}
+
+#: methods that can return a transport plan to sample (``OTCoupler(method, plan_sampler=True)``)
+PLANS: dict[str, Callable[..., TransportPlan]] = {
+    "exact": plan_emd,
+    "emd": plan_emd,
+    "sinkhorn": plan_sinkhorn,
+    "lowrank": plan_lowrank,
 }
