@@ -9,7 +9,7 @@ a wait of the host to every step (a sleep, which releases the GIL), a stand-in f
 which the host waits for the device: it shows the overlap apart from CPU contention.
 
     python benchmarks/overlap.py                          # CPU: toy 256, toy 1024, digits 128
-    python benchmarks/overlap.py --device cuda --runs toy:256:500 toy:1024:300 toy:4096:100 digits:128:300
+    python benchmarks/overlap.py --device cuda --runs toy:256:500 toy:1024:200 toy:4096:20 digits:128:300
 """
 
 from __future__ import annotations

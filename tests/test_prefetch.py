@@ -137,3 +137,26 @@ def test_unsupported_combinations_are_clear_errors(options):
     with pytest.raises(ValueError, match="prefetch_coupling=True .*set prefetch_coupling=False"):
         OTPairDataModule("moons", batch_size=64, prefetch_coupling=True, **options)
     OTPairDataModule("moons", batch_size=64, **options)  # fine without prefetching
+
+
+class SaveIndices(pl.Callback):
+    def __init__(self, folder):
+        self.folder, self.index = folder, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.index.append(batch.index)
+
+    def on_train_end(self, trainer, module):
+        torch.save(torch.cat(self.index), f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_keep_their_shards(tmp_path, monkeypatch):
+    """Lightning re-creates the prefetching loader with a DistributedSampler: the ranks' batches are disjoint."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    dm = OTPairDataModule(**TOY, batch_size=32, seed=0, prefetch_coupling=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SaveIndices(str(tmp_path))], default_root_dir=str(tmp_path))
+    trainer.fit(Recorder(), dm)
+    i0, i1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(i0) == len(i1) == 3 * 32 and len(set(i0.tolist()) | set(i1.tolist())) == 6 * 32
