@@ -15,6 +15,7 @@ from ..ot import OnlineCoupling, OTCoupler, check_batch, couple_batch, draw_sour
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .images import IMAGE_DATASETS, ZipDataset, image_dataset
+from .prefetch import CouplingPrefetcher, PrefetchedPair, PrefetchingLoader
 from .sources import check_source, draw_source
 from .toys import TOYS
 
@@ -88,6 +89,9 @@ class OTPairDataModule(pl.LightningDataModule):
         source_data: unpaired translation: draw ``x0`` from this dataset (a ``Dataset`` or an
             image dataset name, with the same ``root``) instead of from ``source``; training
             source batches come from their own shuffled loader, validation pairs are fixed.
+        prefetch_coupling: pair the next training batch (source draw and OT solve) in a background
+            thread while the current step runs; the pairs are identical to those without it. Not
+            with ``online``, ``global_coupling`` or ``source_data``. See ``docs/coupling.md``.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class OTPairDataModule(pl.LightningDataModule):
         download: bool = False,
         dataset_options: dict | None = None,
         source_data: str | Dataset | None = None,
+        prefetch_coupling: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("target", target), ("source_data", source_data)):
@@ -124,6 +129,12 @@ class OTPairDataModule(pl.LightningDataModule):
                 "coupling='online' keeps its own persistent noise bank: set conditional and global_coupling to False "
                 "and leave source_data unset"
             )
+        if prefetch_coupling and (self.online is not None or global_coupling or source_data is not None):
+            raise ValueError(
+                "prefetch_coupling=True pairs batches in a background thread, which cannot serve coupling='online' "
+                "(each solve updates the checkpointed bank the next one reads), global_coupling=True (collectives "
+                "from a second thread can deadlock) or source_data (a second loader); set prefetch_coupling=False"
+            )
         if self.online is not None:
             self.coupler = self.online.coupler
         else:
@@ -136,6 +147,8 @@ class OTPairDataModule(pl.LightningDataModule):
         self._source_train: Dataset | None = None
         self._source_val: Dataset | None = None
         self._generator: torch.Generator | None = None
+        self.prefetch_coupling = prefetch_coupling
+        self._prefetcher: CouplingPrefetcher | None = None
 
     # ---------------------------------------------------------------- data
     @property
@@ -176,8 +189,8 @@ class OTPairDataModule(pl.LightningDataModule):
         options = {k: v for k, v in self.dataset_options.items() if k != "hflip"}
         return train, image_dataset(name, self.root, False, self.download, **options)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, **options) -> DataLoader:
+        return (PrefetchingLoader if options else DataLoader)(
             IndexedDataset(dataset),
             batch_size=self.batch_size,
             shuffle=shuffle,
@@ -185,6 +198,7 @@ class OTPairDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -192,7 +206,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if len(self._train) < self.batch_size:
             raise ValueError(f"the training set has {len(self._train)} samples, fewer than batch_size={self.batch_size}")
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
-        target = self._loader(self._train, shuffle=True, drop_last=True)
+        prefetch = {"prefetcher": self._start_prefetcher()} if self.prefetch_coupling else {}
+        target = self._loader(self._train, shuffle=True, drop_last=True, **prefetch)
         if self._source_train is None:
             return target
         source = self._loader(self._source_train, shuffle=True, drop_last=True)
@@ -238,6 +253,19 @@ class OTPairDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Pair:
         if isinstance(batch, Pair):
             return batch
+        if isinstance(batch, PrefetchedPair):
+            return self._prefetcher.wait(batch)
+        return self._pair(batch, training=self.trainer is not None and self.trainer.training)
+
+    def _start_prefetcher(self) -> CouplingPrefetcher:
+        """The worker that pairs training batches one batch ahead (``prefetch_coupling``)."""
+        if self._prefetcher is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            # the generator is created here, keyed by the step as without prefetching; the worker only draws
+            self._prefetcher = CouplingPrefetcher(lambda b: self._pair(b, training=True), device, self.generator(device))
+        return self._prefetcher
+
+    def _pair(self, batch: Any, training: bool) -> Pair:
         if isinstance(batch, dict):  # translation, training: separately shuffled source batches
             (index, item), source_item = batch["target"], batch["source"][1]
         elif self._source_train is not None:  # translation, validation: ZipDataset pairs
@@ -245,7 +273,6 @@ class OTPairDataModule(pl.LightningDataModule):
         else:
             (index, item), source_item = batch, None
         x1, labels = _split_item(item)
-        training = self.trainer is not None and self.trainer.training
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
         if training and self.online is not None:
             x0, coupling = self.online.couple(x1, index, generator)
@@ -264,6 +291,14 @@ class OTPairDataModule(pl.LightningDataModule):
             self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling, generator=generator
         )
         return Pair(x0, x1, labels, index, coupling.stats())
+
+    def teardown(self, stage: str) -> None:
+        if self._prefetcher is not None:  # end the worker; queued batches give their draws back
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.teardown("fit")  # Lightning skips teardown after an error: still end the worker thread
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self) -> dict[str, Any]:
