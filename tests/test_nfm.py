@@ -1,6 +1,7 @@
 """OT-NFM: neural-flow maps (identity at t=0, exact inverses, Lipschitz bound) and the module."""
 
 import copy
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -150,3 +151,20 @@ def test_mean_collapse_with_independent_coupling_and_not_with_ot():
     assert independent["val/w2_sq"] >= 20 * ot["val/w2_sq"], (independent, ot)
     assert independent["val/var_ratio"] < 0.10, independent
     assert abs(ot["val/var_ratio"] - 1.0) < 0.20, ot
+
+
+def test_cosine_lr_schedule_follows_warmup_then_cosine():
+    seen = {}
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    module = OTNeuralFlowMatching(source="8gaussians", lr=1e-2, warmup_steps=4, lr_schedule="cosine")
+    data = OTPairDataModule("moons", "8gaussians", batch_size=32, toy_size=512)
+    pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+               callbacks=[Record()]).fit(module, data)
+    expect = {s: 1e-2 * min(1.0, (s + 1) / 4) * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)}
+    assert seen == pytest.approx(expect, rel=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        OTNeuralFlowMatching(lr_schedule="step")

@@ -16,6 +16,7 @@ from ..utils import rank_generator
 __all__ = ["OneStepModule", "draw_times", "check_time_dist"]
 
 TIME_DISTS = ("logit_normal", "uniform")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_time_dist(time_dist: str) -> None:
@@ -56,6 +57,8 @@ class OneStepModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up.
+        lr_schedule: ``constant`` after the warm-up, or ``cosine``: decay to 0 at the end of training
+            (``trainer.estimated_stepping_batches``), which lowers the SGD noise in the final weights.
         num_classes: number of classes for class-conditional generation (``None``: unconditional).
         label_dropout: share of training labels replaced by the null label (needed for guidance).
         guidance_scale: classifier-free guidance scale ``omega`` folded into training (1: none).
@@ -73,12 +76,15 @@ class OneStepModule(pl.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         num_classes: int | None = None,
         label_dropout: float = 0.1,
         guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_source(source, data_shape)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
         if not 0.0 <= label_dropout < 1.0:
@@ -94,6 +100,7 @@ class OneStepModule(pl.LightningModule):
         self.source = source
         self.data_shape = tuple(int(s) for s in data_shape)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
+        self.lr_schedule = lr_schedule
         self._time_generator: torch.Generator | None = None
 
     # ---------------------------------------------------------------- protocol
@@ -240,10 +247,21 @@ class OneStepModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        if self.warmup_steps <= 0:
+        if self.warmup_steps <= 0 and self.lr_schedule == "constant":
             return opt
         warm = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        total = self.trainer.estimated_stepping_batches if self.lr_schedule == "cosine" else 0
+        if self.lr_schedule == "cosine" and not 0 < total < float("inf"):
+            raise ValueError("lr_schedule='cosine' needs a finite training length: set trainer.max_steps or max_epochs")
+        total = int(total)
+
+        def factor(step: int) -> float:
+            scale = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+            if total:
+                scale *= 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+            return scale
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

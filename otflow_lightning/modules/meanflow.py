@@ -94,6 +94,7 @@ class OTMeanFlow(OneStepModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         num_classes: int | None = None,
         label_dropout: float = 0.1,
         guidance_scale: float = 1.0,
@@ -107,7 +108,8 @@ class OTMeanFlow(OneStepModule):
         if net is None:
             net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
         super().__init__(
-            net, source, data_shape, lr, weight_decay, betas, warmup_steps, num_classes, label_dropout, guidance_scale
+            net, source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes, label_dropout,
+            guidance_scale,
         )
         self.guidance_kappa = guidance_kappa
         self.save_hyperparameters(ignore=["net"])

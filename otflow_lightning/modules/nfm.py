@@ -76,6 +76,7 @@ class OTNeuralFlowMatching(OneStepModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         num_classes: int | None = None,
         label_dropout: float = 0.1,
         guidance_scale: float = 1.0,
@@ -86,7 +87,8 @@ class OTNeuralFlowMatching(OneStepModule):
         if net is None:
             net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1, num_classes=num_classes))
         super().__init__(
-            net, source, data_shape, lr, weight_decay, betas, warmup_steps, num_classes, label_dropout, guidance_scale
+            net, source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes, label_dropout,
+            guidance_scale,
         )
         self.save_hyperparameters(ignore=["net"])
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
