@@ -65,18 +65,18 @@ def test_nfm_guided_target_and_label_dropout():
     torch.testing.assert_close(target, torch.tensor([[-17.0] * 2, [-17.0] * 2, [1.0] * 2]))  # 10 + 3 (1 - 10)
 
 
-def fit_conditional(module, steps: int, seed: int = 0) -> None:
+def fit_conditional(module, steps: int, seed: int = 0, coupling: str = "exact") -> None:
     pl.seed_everything(seed)
-    data = OTPairDataModule(blobs(4000, 0), val_target=blobs(256, 1), coupling="exact", batch_size=256, conditional=True)
+    data = OTPairDataModule(blobs(4000, 0), val_target=blobs(256, 1), coupling=coupling, batch_size=256, conditional=True)
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, data)
 
 
-@pytest.mark.parametrize("module_cls", [OTMeanFlow, OTNeuralFlowMatching])
-def test_conditional_model_generates_the_requested_class(module_cls):
+@pytest.mark.parametrize("module_cls, coupling", [(OTMeanFlow, "exact"), (OTNeuralFlowMatching, "exact"), (OTNeuralFlowMatching, "online")])
+def test_conditional_model_generates_the_requested_class(module_cls, coupling):
     module = module_cls(num_classes=3, lr=3e-3, time_dist="uniform")
-    fit_conditional(module, 300)
+    fit_conditional(module, 300, coupling=coupling)
     module.eval()
     labels = torch.arange(3).repeat_interleave(200)
     x = module.generate(600, generator=torch.Generator().manual_seed(1), labels=labels)

@@ -133,3 +133,61 @@ def test_cli_config_selects_online_coupling():
         assert isinstance(cli.datamodule.online, OnlineCoupling)
         assert isinstance(cli.model, OTNeuralFlowMatching)
         assert cli.model.supported_steps == (1,)
+
+
+def sorted_rows(x):
+    return x[torch.argsort(x[:, 0])]
+
+
+def test_conditional_online_moves_noise_only_within_classes():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    data = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])[labels] + 0.3 * torch.randn(300, 2, generator=g)
+    conditional, plain = bound(300), bound(300)
+    initial = conditional.bank[:, 0].clone()
+    costs = [conditional.global_cost(data)]
+    for step in range(10):
+        idx = torch.randperm(300, generator=torch.Generator().manual_seed(step))[:100]
+        conditional.couple(data[idx], idx, labels=labels[idx])
+        plain.couple(data[idx], idx)
+        costs.append(conditional.global_cost(data))
+    assert all(b <= a + 1e-9 for a, b in zip(costs, costs[1:])) and costs[-1] < costs[0]
+    for k in range(3):  # each class keeps exactly its own prior draws, only re-assigned among its points
+        assert torch.equal(sorted_rows(conditional.bank[labels == k, 0]), sorted_rows(initial[labels == k]))
+    # negative control: unconditional re-assignment carries noise across classes
+    assert not torch.equal(sorted_rows(plain.bank[labels == 0, 0]), sorted_rows(initial[labels == 0]))
+    with pytest.raises(ValueError, match="label_weight"):
+        bound(300, label_weight=1.0).couple(data[:4], torch.arange(4), labels=labels[:4])
+
+
+def _global_worker(rank, world, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    data = sample_toy("moons", 200, torch.Generator().manual_seed(1))
+    online = bound(200)
+    pairs = []
+    for step in range(4):
+        order = torch.randperm(200, generator=torch.Generator().manual_seed(step))
+        idx = order[rank * 40 : (rank + 1) * 40]
+        x0, coupling = online.couple(data[idx], idx, across_ranks=True)
+        pairs.append((x0, data[idx][coupling.perm], online.bank[idx[coupling.perm], 0].clone(), coupling.cost))
+    torch.save({"bank": online.bank, "pairs": pairs}, os.path.join(out, f"global{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_global_online_coupling_solves_the_world_batch_once():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_global_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        r0, r1 = (torch.load(os.path.join(tmp, f"global{r}.pt")) for r in range(2))
+    assert torch.equal(r0["bank"], r1["bank"])
+    # the same as one process matching the world batch (both ranks' indices, in rank order)
+    data = sample_toy("moons", 200, torch.Generator().manual_seed(1))
+    single = bound(200)
+    for step in range(4):
+        idx = torch.randperm(200, generator=torch.Generator().manual_seed(step))[:80]
+        _, coupling = single.couple(data[idx], idx)
+        assert r0["pairs"][step][3] == pytest.approx(coupling.cost) == r1["pairs"][step][3]
+    assert torch.equal(r0["bank"], single.bank)
+    for r in (r0, r1):  # each rank trains on its own data with the noise the bank now assigns to it
+        for x0, x1, stored, _ in r["pairs"]:
+            assert torch.equal(x0, stored)

@@ -81,8 +81,10 @@ class OTPairDataModule(pl.LightningDataModule):
         conditional: class-conditional coupling (C2OT): source labels are drawn from the batch's
             label marginal independently of the noise, and pairs are matched within labels (or
             with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
+            With ``online`` the bank's noise moves only between data of one class.
         global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
-            batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise.
+            batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise (with
+            ``online``: of its own data).
         root: folder of the named image datasets (``folder``: the image folder).
         download: fetch MNIST / CIFAR-10 into ``root`` if missing.
         dataset_options: extra arguments of the named image dataset (``size``, ``pad``, ``hflip``).
@@ -124,11 +126,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if coupling == "online":
             coupling = OnlineCoupling()
         self.online = coupling if isinstance(coupling, OnlineCoupling) else None
-        if self.online is not None and (conditional or global_coupling or source_data is not None):
-            raise ValueError(
-                "coupling='online' keeps its own persistent noise bank: set conditional and global_coupling to False "
-                "and leave source_data unset"
-            )
+        if self.online is not None and source_data is not None:
+            raise ValueError("coupling='online' keeps its own persistent bank of source noise: leave source_data unset")
         if prefetch_coupling and (self.online is not None or global_coupling or source_data is not None):
             raise ValueError(
                 "prefetch_coupling=True pairs batches in a background thread, which cannot serve coupling='online' "
@@ -273,9 +272,13 @@ class OTPairDataModule(pl.LightningDataModule):
         else:
             (index, item), source_item = batch, None
         x1, labels = _split_item(item)
+        if training and self.conditional and labels is None:
+            raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
         if training and self.online is not None:
-            x0, coupling = self.online.couple(x1, index, generator)
+            x0, coupling = self.online.couple(
+                x1, index, generator, labels if self.conditional else None, across_ranks=self.global_coupling
+            )
             perm = coupling.perm
             return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
         x0 = self.draw_source(x1, generator) if source_item is None else _split_item(source_item)[0].to(x1.dtype)
@@ -284,8 +287,6 @@ class OTPairDataModule(pl.LightningDataModule):
             return Pair(x0, x1, labels, index)
         c0 = c1 = None
         if self.conditional:
-            if labels is None:
-                raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
             c1, c0 = labels, draw_source_labels(labels, generator)
         x1, (labels, index), coupling = couple_batch(
             self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling, generator=generator

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .coupler import Coupling, OTCoupler
 
-__all__ = ["couple_batch", "world_size"]
+__all__ = ["couple_batch", "gather", "solve_on_rank0", "world_size"]
 
 
 def world_size() -> int:
@@ -20,6 +22,24 @@ def _gather(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def gather(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (the same shape on every rank) over all ranks, in rank order; ``x`` without DDP."""
+    return _gather(x) if world_size() > 1 else x
+
+
+def solve_on_rank0(solve: Callable[[], Coupling], n: int, device: torch.device) -> Coupling:
+    """Run ``solve()`` on rank 0 only and broadcast its :class:`Coupling` (``perm`` of length ``n``) to all ranks."""
+    shared: list[Coupling | None] = [solve() if dist.get_rank() == 0 else None]
+    perm = shared[0].perm if shared[0] is not None else torch.empty(n, dtype=torch.long, device=device)
+    dist.broadcast(perm, src=0)
+    if shared[0] is not None:
+        shared[0].perm = None  # the statistics travel as an object, the permutation as a tensor
+    dist.broadcast_object_list(shared, src=0)
+    coupling = shared[0]
+    coupling.perm = perm
+    return coupling
 
 
 def couple_batch(
@@ -63,14 +83,8 @@ def couple_batch(
     rank, n = dist.get_rank(), x0.shape[0]
     gx0, gx1 = _gather(x0), _gather(x1)
     gc0, gc1 = (None, None) if c0 is None else (_gather(c0), _gather(c1))
-    shared: list[Coupling | None] = [coupler.couple(gx0, gx1, gc0, gc1, generator) if rank == 0 else None]
-    perm = shared[0].perm if rank == 0 else torch.empty(gx0.shape[0], dtype=torch.long, device=x0.device)
-    dist.broadcast(perm, src=0)
-    if rank == 0:
-        shared[0].perm = None  # the statistics travel as an object, the permutation as a tensor
-    dist.broadcast_object_list(shared, src=0)
-    coupling = shared[0]
-    coupling.perm = perm
+    coupling = solve_on_rank0(lambda: coupler.couple(gx0, gx1, gc0, gc1, generator), gx0.shape[0], x0.device)
+    perm = coupling.perm
     mine = perm[rank * n : (rank + 1) * n]
     paired_payload = tuple(None if p is None else _gather(p)[mine] for p in payload)
     return gx1[mine], paired_payload, coupling

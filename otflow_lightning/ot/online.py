@@ -14,7 +14,12 @@ assignment that descends towards a global OT coupling of the dataset and a fixed
 State lives in :meth:`state_dict` (the DataModule puts it into checkpoints). Under DDP every rank
 holds the whole bank; each rank solves its own batch and the writes of all ranks are gathered and
 applied on every rank, so the banks stay identical (batches of a ``DistributedSampler`` are
-disjoint, so the writes never collide).
+disjoint, so the writes never collide). With ``across_ranks`` (the DataModule's
+``global_coupling``) the world batch is gathered and matched once on rank 0, which sharpens the
+assignment as a larger batch does.
+
+Class-conditional training (``labels``): noise moves only between data points of the same class,
+so every class keeps a fixed set of prior draws, independent of where they sit (C2OT's rule).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .coupler import Coupling, OTCoupler
+from .distributed import gather, solve_on_rank0, world_size
 
 __all__ = ["OnlineCoupling"]
 
@@ -121,34 +127,68 @@ class OnlineCoupling:
             raise IndexError(f"dataset index out of range for a bank of {self.bank.shape[0]} points (got {index.min()}..{index.max()})")
 
     @torch.no_grad()
-    def couple(self, x1: Tensor, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Coupling]:
+    def couple(
+        self,
+        x1: Tensor,
+        index: Tensor,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        across_ranks: bool = False,
+    ) -> tuple[Tensor, Coupling]:
         """Pair a data batch with its stored noise, re-optimise the assignment and write it back.
 
         Args:
             x1: ``(n, *shape)`` data batch.
             index: ``(n,)`` dataset indices of ``x1`` (distinct).
             generator: draws each index's slot (on ``x1``'s device).
+            labels: ``(n,)`` classes of ``x1`` for class-conditional training: noise is re-assigned
+                only among data of the same class, so each class keeps its own fixed set of prior
+                draws (the C2OT property: a noise sample's class never depends on the noise).
+            across_ranks: under DDP, solve one match of the world batch (all ranks' data and stored
+                noise, gathered; solved on rank 0 and broadcast) instead of one per rank.
 
         Returns:
             ``x0`` ``(n, *shape)`` noise on ``x1``'s device, and a :class:`Coupling` whose ``perm``
             pairs ``(x0[i], x1[perm[i]])``. Its ``independent_cost`` is the cost of the *stored*
             pairing before this batch, so ``cost_ratio`` is this batch's improvement (it tends to 1
-            as the assignment converges) and ``cost`` tracks the global cost.
+            as the assignment converges) and ``cost`` tracks the global cost. With
+            ``across_ranks`` the statistics are the world batch's and ``perm`` is the identity:
+            ``x0`` already holds the noise now assigned to each row of ``x1``.
         """
         index = index.detach().cpu().long()
         self._check_ready(index)
+        if labels is not None and self.coupler.label_weight is not None:
+            raise ValueError("a class-conditional OnlineCoupling matches strictly within classes: leave label_weight unset")
         slot = torch.randint(0, self.num_noises, (index.shape[0],), generator=generator, device=x1.device).cpu()
         state = self.bank[index, slot]
         x0 = self.noise(state).to(device=x1.device, dtype=x1.dtype)
-        coupling = self.coupler.couple(x0, x1)
-        if coupling.cost > coupling.independent_cost:  # approximate solver did worse: keep the stored pairing
-            coupling.perm, coupling.cost = torch.arange(x1.shape[0], device=x1.device), coupling.independent_cost
+        n, world = x1.shape[0], across_ranks and world_size() > 1
+        if world:  # the world batch, identical on every rank
+            x0, x1 = gather(x0), gather(x1)
+            labels = None if labels is None else gather(labels)
+            index, slot, state = (_all_gather(t, x1.device) for t in (index, slot, state))
+            coupling = solve_on_rank0(lambda: self._improve(x0, x1, labels), x1.shape[0], x1.device)
+        else:
+            coupling = self._improve(x0, x1, labels)
         perm = coupling.perm.cpu()
         # entry (index[perm[i]], slot[perm[i]]) now holds the noise that was at (index[i], slot[i])
-        # gathered from all ranks, so every rank applies the same writes
-        index, slot, state = (_all_gather(t, x1.device) for t in (index[perm], slot[perm], state))
-        self.bank[index, slot] = state
-        return x0, coupling
+        moved = (index[perm], slot[perm], state)
+        if not world:  # every rank applies all ranks' writes (a world batch is already common to all)
+            moved = tuple(_all_gather(t, x1.device) for t in moved)
+        self.bank[moved[0], moved[1]] = moved[2]
+        if not world:
+            return x0, coupling
+        rank = dist.get_rank()
+        mine = torch.argsort(coupling.perm)[rank * n : (rank + 1) * n]  # the noise now paired with my rows
+        coupling.perm = torch.arange(n, device=x1.device)
+        return x0[mine], coupling
+
+    def _improve(self, x0: Tensor, x1: Tensor, labels: Tensor | None) -> Coupling:
+        """This batch's OT re-assignment; the stored pairing if an approximate solver did worse."""
+        coupling = self.coupler.couple(x0, x1, labels, labels)
+        if coupling.cost > coupling.independent_cost:
+            coupling.perm, coupling.cost = torch.arange(x1.shape[0], device=x1.device), coupling.independent_cost
+        return coupling
 
     @torch.no_grad()
     def global_cost(self, data: Tensor, batch_size: int = 4096) -> float:
