@@ -18,6 +18,11 @@ fall below the optimum of a bijection and their gap closed can exceed 1.
     python benchmarks/coupling.py --device cuda --data gaussian --n 4096 --d 3072 \\
         --methods auction sinkhorn --repeat 10                       # the GPU figure
 
+Optional GPU peers (``--peers ... tla geomloss``, run on ``--device``): torch-linear-assignment's
+``batch_linear_assignment`` (exact; a Triton kernel on CUDA, scipy on the CPU) and geomloss's
+epsilon-scaling Sinkhorn (``SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.9)``, its dual
+potentials turned into a plan and rounded to a permutation by our ``round_plan``).
+
 torchcfm is timed as users call it: ``sample_plan(x0, x1)`` (cdist, ``ot.emd`` on the CPU, then
 pairs drawn from the plan with replacement, which is why its gap closed is below 100%).
 A method whose time at the previous n, times 16 (the cost of exact solvers grows about n^2 to n^3),
@@ -34,7 +39,8 @@ import torch
 from otflow_lightning.data.toys import sample_toy
 from otflow_lightning.ot import OTCoupler, pair_cost
 
-PEERS = ("torchcfm", "scipy")
+PEERS = ("torchcfm", "scipy", "tla", "geomloss")
+DEVICE_PEERS = ("tla", "geomloss")  # run on --device; the others always on the CPU
 
 
 def image_batch(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -65,7 +71,22 @@ def make_data(name: str, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, t
 
 
 def run_peer(name: str, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices ``(i, j)`` of the pairs a peer produces."""
+    """Indices ``(i, j)`` of the pairs a peer produces (``tla`` and ``geomloss`` on ``x0``'s device)."""
+    if name == "tla":  # torch-linear-assignment: Triton kernel on CUDA (compute capability >= 8), scipy on CPU
+        from torch_linear_assignment import batch_linear_assignment
+
+        j = batch_linear_assignment((torch.cdist(x0, x1) ** 2)[None])[0]
+        return torch.arange(x0.shape[0], device=j.device), j
+    if name == "geomloss":  # geomloss's epsilon-scaling Sinkhorn (its blur 0.05, scaling 0.9), rounded like ours
+        from geomloss import SamplesLoss
+
+        from otflow_lightning.ot.solvers import round_plan
+
+        f, g = SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.9, potentials=True, backend="tensorized")(x0, x1)
+        cost = torch.cdist(x0, x1) ** 2 / 2  # geomloss's p=2 cost; epsilon = blur ** 2
+        f, g = f.reshape(-1), g.reshape(-1)  # the tensorized backend returns (1, n)
+        plan = torch.softmax((f[:, None] + g[None, :] - cost) / 0.05**2, dim=1)
+        return torch.arange(x0.shape[0], device=x0.device), round_plan(plan, cost)
     if name == "torchcfm":
         import numpy as np
         from torchcfm.optimal_transport import OTPlanSampler
@@ -109,7 +130,8 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=["exact", "auction", "sinkhorn", "bsp", "emd", "lapjv", "sinkhorn/plan", "lowrank/plan"]
     )
-    parser.add_argument("--peers", nargs="*", default=list(PEERS))
+    parser.add_argument("--peers", nargs="*", default=["torchcfm", "scipy"],
+                        help="of torchcfm, scipy, tla (pip install torch-linear-assignment), geomloss (pip install geomloss)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; skip a method whose next n would exceed it")
     parser.add_argument("--threads", type=int, default=1)
@@ -138,7 +160,12 @@ def main() -> None:
                         rows.append((name, None, None, None, None))
                         continue
                     if name in PEERS:
-                        ms, (i, j) = timed(lambda: run_peer(name, x0, x1), torch.device("cpu"), args.repeat)
+                        where = device if name in DEVICE_PEERS else torch.device("cpu")
+                        a, b = x0.to(where), x1.to(where)
+                        if where.type == "cuda":
+                            run_peer(name, a, b)  # warm-up (Triton compiles on the first call)
+                        ms, (i, j) = timed(lambda: run_peer(name, a, b), where, args.repeat)
+                        i, j = i.cpu(), j.cpu()
                         cost = float(pair_cost(x0[i], x1[j]).mean())
                         targets = j.unique().numel() / n
                         peer_ms = ms if name == "torchcfm" else peer_ms
