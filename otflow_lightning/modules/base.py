@@ -58,7 +58,7 @@ class OneStepModule(pl.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up.
         lr_schedule: ``constant`` after the warm-up, or ``cosine``: decay to 0 at the end of training
-            (``trainer.estimated_stepping_batches``), which lowers the SGD noise in the final weights.
+            (``trainer.estimated_stepping_batches``).
         num_classes: number of classes for class-conditional generation (``None``: unconditional).
         label_dropout: share of training labels replaced by the null label (needed for guidance).
         guidance_scale: classifier-free guidance scale ``omega`` folded into training (1: none).
