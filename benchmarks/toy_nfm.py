@@ -1,7 +1,7 @@
 """OT-NFM on the 2D toys, side by side with torchcfm's OT-CFM at the same budget.
 
 Rows, per target pair and seed: OT-NFM with the independent coupling (mean collapse), with per-batch
-exact OT (``configs/toy_nfm.yaml``), with the persistent online coupling
+OT (``configs/toy_nfm.yaml``: OT batch 4096 by BSP-OT, served as 16 training batches of 256), with the persistent online coupling
 (``configs/toy_nfm_online.yaml``), optionally the invertible maps (``--invertible``) on the online
 coupling, and torchcfm's ``ExactOptimalTransportConditionalFlowMatcher`` with the same 3x256 MLP,
 steps, batch and EMA, sampled by Euler at 1 and 100 steps. Metric: exact W2^2 (POT) between 2000

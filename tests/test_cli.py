@@ -140,3 +140,10 @@ def test_console_script_exits_zero(in_tmp):
            "fit", "--config", TOY, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", *QUIET]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("config", sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml")))
+def test_every_config_builds(config, tmp_path):
+    cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]  # the GPU configs too
+    cli = main(["--config", os.path.join(CONFIGS, config), f"--trainer.default_root_dir={tmp_path}", *cpu], run=False)
+    assert cli.model.source == cli.datamodule.source

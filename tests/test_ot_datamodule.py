@@ -43,3 +43,32 @@ def test_coupler_instance_is_used():
     coupler = OTCoupler("auction")
     dm = OTPairDataModule("moons", coupling=coupler, batch_size=32, seed=0)
     assert dm.coupler is coupler
+
+
+def test_ot_batch_larger_than_the_training_batch_is_solved_once_and_served_in_chunks():
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTNeuralFlowMatching
+    from otflow_lightning.ot import pair_cost
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch)
+
+    data = OTPairDataModule("moons", "8gaussians", batch_size=32, ot_batch_size=128, toy_size=1024)
+    trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(OTNeuralFlowMatching(source="8gaussians"), data)
+    assert trainer.num_training_batches == 1024 // 128 * 4 and len(seen) == 12
+    assert all(len(p) == 32 for p in seen)
+    for group in (seen[0:4], seen[4:8], seen[8:12]):  # four training batches = one exactly solved OT batch
+        x0, x1 = torch.cat([p.x0 for p in group]), torch.cat([p.x1 for p in group])
+        assert float(pair_cost(x0, x1).mean()) == pytest.approx(OTCoupler("exact").couple(x0, x1).cost, rel=1e-9)
+        assert torch.cat([p.index for p in group]).unique().numel() == 128
+        assert float(pair_cost(x0, x1).mean()) < 0.9 * float(pair_cost(x0, x1.roll(1, 0)).mean())  # not trivially so
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        OTPairDataModule("moons", batch_size=32, ot_batch_size=48)
+    with pytest.raises(ValueError, match="ot_batch_size"):
+        OTPairDataModule("moons", batch_size=32, ot_batch_size=64, coupling="online")

@@ -15,7 +15,7 @@ from ..ot import OnlineCoupling, OTCoupler, check_batch, couple_batch, draw_sour
 from ..utils import rank_generator
 from .datasets import IndexedDataset, ToyDataset
 from .images import IMAGE_DATASETS, ZipDataset, image_dataset
-from .prefetch import CouplingPrefetcher, PrefetchedPair, PrefetchingLoader
+from .prefetch import ChunkedLoader, CouplingPrefetcher, PairChunk, PrefetchedPair, PrefetchingLoader
 from .sources import check_source, draw_source
 from .toys import TOYS
 
@@ -94,6 +94,11 @@ class OTPairDataModule(pl.LightningDataModule):
         prefetch_coupling: pair the next training batch (source draw and OT solve) in a background
             thread while the current step runs; the pairs are identical to those without it. Not
             with ``online``, ``global_coupling`` or ``source_data``. See ``docs/coupling.md``.
+        ot_batch_size: solve OT on batches of this many samples (a multiple of ``batch_size``) and
+            serve each coupled OT batch as ``ot_batch_size // batch_size`` consecutive training
+            batches: a larger OT batch (a sharper coupling) at the same gradient batch and one solve
+            per several steps. ``None``: the OT batch is the training batch. Not with ``online``,
+            ``prefetch_coupling`` or ``source_data``.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class OTPairDataModule(pl.LightningDataModule):
         dataset_options: dict | None = None,
         source_data: str | Dataset | None = None,
         prefetch_coupling: bool = False,
+        ot_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("target", target), ("source_data", source_data)):
@@ -134,6 +140,15 @@ class OTPairDataModule(pl.LightningDataModule):
                 "(each solve updates the checkpointed bank the next one reads), global_coupling=True (collectives "
                 "from a second thread can deadlock) or source_data (a second loader); set prefetch_coupling=False"
             )
+        if ot_batch_size is not None and (ot_batch_size < batch_size or ot_batch_size % batch_size):
+            raise ValueError(f"ot_batch_size must be a multiple of batch_size={batch_size}, got {ot_batch_size}")
+        if ot_batch_size is not None and (self.online is not None or prefetch_coupling or source_data is not None):
+            raise ValueError(
+                "ot_batch_size serves one coupled OT batch as several training batches, which does not combine with "
+                "coupling='online' (its bank pairs every batch), prefetch_coupling or source_data; unset one of them"
+            )
+        self.ot_batch_size = ot_batch_size
+        self._chunks: list[Pair] = []
         if self.online is not None:
             self.coupler = self.online.coupler
         else:
@@ -188,10 +203,12 @@ class OTPairDataModule(pl.LightningDataModule):
         options = {k: v for k, v in self.dataset_options.items() if k != "hflip"}
         return train, image_dataset(name, self.root, False, self.download, **options)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, **options) -> DataLoader:
-        return (PrefetchingLoader if options else DataLoader)(
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, drop_last: bool, loader: type[DataLoader] = DataLoader, batch_size: int | None = None, **options
+    ) -> DataLoader:
+        return loader(
             IndexedDataset(dataset),
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
@@ -202,11 +219,17 @@ class OTPairDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        if len(self._train) < self.batch_size:
-            raise ValueError(f"the training set has {len(self._train)} samples, fewer than batch_size={self.batch_size}")
+        ot_batch = self.ot_batch_size or self.batch_size
+        if len(self._train) < ot_batch:
+            name = "ot_batch_size" if self.ot_batch_size else "batch_size"
+            raise ValueError(f"the training set has {len(self._train)} samples, fewer than {name}={ot_batch}")
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
-        prefetch = {"prefetcher": self._start_prefetcher()} if self.prefetch_coupling else {}
-        target = self._loader(self._train, shuffle=True, drop_last=True, **prefetch)
+        if self.prefetch_coupling:
+            target = self._loader(self._train, True, True, PrefetchingLoader, prefetcher=self._start_prefetcher())
+        elif self.ot_batch_size:
+            target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=ot_batch // self.batch_size)
+        else:
+            target = self._loader(self._train, shuffle=True, drop_last=True)
         if self._source_train is None:
             return target
         source = self._loader(self._source_train, shuffle=True, drop_last=True)
@@ -254,7 +277,20 @@ class OTPairDataModule(pl.LightningDataModule):
             return batch
         if isinstance(batch, PrefetchedPair):
             return self._prefetcher.wait(batch)
-        return self._pair(batch, training=self.trainer is not None and self.trainer.training)
+        if isinstance(batch, PairChunk):  # a further training batch of the OT batch paired last
+            return self._chunks[batch.index]
+        training = self.trainer is not None and self.trainer.training
+        pair = self._pair(batch, training)
+        if training and self.ot_batch_size:
+            # the rows follow the i.i.d. source draws, so consecutive slices are random subsets
+            n = self.batch_size
+            self._chunks = [
+                Pair(pair.x0[i : i + n], pair.x1[i : i + n], None if pair.labels is None else pair.labels[i : i + n],
+                     None if pair.index is None else pair.index[i : i + n], pair.stats)
+                for i in range(0, len(pair), n)
+            ]
+            return self._chunks[0]
+        return pair
 
     def _start_prefetcher(self) -> CouplingPrefetcher:
         """The worker that pairs training batches one batch ahead (``prefetch_coupling``)."""

@@ -10,6 +10,9 @@ step rather than between steps.
 On CUDA the worker copies the batch and pairs it on its own CUDA stream; the main thread makes its
 stream wait for that job's event and marks the tensors as used there (``record_stream``) before
 training on them. This CUDA path is not yet measured on a GPU.
+
+:class:`ChunkedLoader` is the other training loader of the data module: it yields OT batches of
+``ot_batch_size`` samples, each followed by markers for the further training batches cut from it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-__all__ = ["CouplingPrefetcher", "PrefetchedPair", "PrefetchingLoader"]
+__all__ = ["ChunkedLoader", "CouplingPrefetcher", "PairChunk", "PrefetchedPair", "PrefetchingLoader"]
 
 
 class PrefetchedPair:
@@ -123,3 +126,30 @@ class PrefetchingLoader(DataLoader):
             if len(ahead) == 2:  # batch k goes out once batch k + 1 is queued
                 yield ahead.popleft()
         yield from ahead
+
+
+class PairChunk:
+    """Stands for training batch ``index`` of the OT batch paired just before it (``ot_batch_size``)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class ChunkedLoader(DataLoader):
+    """A ``DataLoader`` of OT batches that yields each one, then ``chunks - 1`` :class:`PairChunk`
+    markers: the data module pairs the OT batch once and serves it as ``chunks`` training batches.
+    Staying a ``DataLoader`` lets Lightning swap in a distributed sampler under DDP."""
+
+    def __init__(self, *args: Any, chunks: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            yield batch
+            for index in range(1, self.chunks):
+                yield PairChunk(index)
+
+    def __len__(self) -> int:
+        return super().__len__() * self.chunks
+
