@@ -278,6 +278,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if isinstance(batch, PrefetchedPair):
             return self._prefetcher.wait(batch)
         if isinstance(batch, PairChunk):  # a further training batch of the OT batch paired last
+            if batch.index >= len(self._chunks):
+                raise RuntimeError("ot_batch_size: a training batch arrived before its OT batch was paired")
             return self._chunks[batch.index]
         training = self.trainer is not None and self.trainer.training
         pair = self._pair(batch, training)
