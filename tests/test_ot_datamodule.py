@@ -72,3 +72,20 @@ def test_ot_batch_larger_than_the_training_batch_is_solved_once_and_served_in_ch
         OTPairDataModule("moons", batch_size=32, ot_batch_size=48)
     with pytest.raises(ValueError, match="ot_batch_size"):
         OTPairDataModule("moons", batch_size=32, ot_batch_size=64, coupling="online")
+
+
+def test_ot_batch_chunks_resume_mid_group(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from otflow_lightning import OTNeuralFlowMatching
+
+    def fit(steps, ckpt=None):
+        data = OTPairDataModule("moons", "8gaussians", batch_size=32, ot_batch_size=128, toy_size=1024)
+        trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, limit_val_batches=0,
+                             default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+        trainer.fit(OTNeuralFlowMatching(source="8gaussians"), data, ckpt_path=ckpt)
+        return trainer
+
+    fit(6)  # stops inside the second OT batch (chunk 2 of 4)
+    assert fit(10, str(tmp_path / "last.ckpt")).global_step == 10
