@@ -170,8 +170,12 @@ class OneStepModule(pl.LightningModule):
         rows, ``target`` on null-label rows; all ``(n, ...)``, ``unconditional`` without gradient."""
         if labels is None or self.guidance_scale == 1.0:
             return target
-        labelled = (labels != self.num_classes).reshape((-1,) + (1,) * (target.ndim - 1))
-        return torch.where(labelled, unconditional + self.guidance_scale * (target - unconditional), target)
+        guided = unconditional + self.guidance_scale * (target - unconditional)
+        return torch.where(self.labelled(labels, target.ndim), guided, target)
+
+    def labelled(self, labels: Tensor, ndim: int) -> Tensor:
+        """Boolean mask of the rows with a class (not the null label), shaped to broadcast over ``ndim`` dims."""
+        return (labels != self.num_classes).reshape((-1,) + (1,) * (ndim - 1))
 
     def null_labels(self, n: int) -> Tensor:
         """``(n,)`` null labels (the unconditional model of a class-conditional net)."""

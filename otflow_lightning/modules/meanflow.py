@@ -108,8 +108,8 @@ class OTMeanFlow(OneStepModule):
         if net is None:
             net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
         super().__init__(
-            net, source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes, label_dropout,
-            guidance_scale,
+            net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
         self.guidance_kappa = guidance_kappa
         self.save_hyperparameters(ignore=["net"])
@@ -153,8 +153,7 @@ class OTMeanFlow(OneStepModule):
                 u_null = self.average_velocity(z, t, t, self.null_labels(n))
         v_g = self.guided(v, u_null, labels)
         if self.guidance_kappa:
-            labelled = (labels != self.num_classes).reshape((-1,) + (1,) * (z.ndim - 1))
-            v_g = v_g + self.guidance_kappa * labelled * (u_cond - u_null)
+            v_g = v_g + self.guidance_kappa * self.labelled(labels, z.ndim) * (u_cond - u_null)
         return v_g
 
     def meanflow_target(self, z: Tensor, t: Tensor, e: Tensor, v: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:

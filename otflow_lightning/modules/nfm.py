@@ -87,8 +87,8 @@ class OTNeuralFlowMatching(OneStepModule):
         if net is None:
             net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1, num_classes=num_classes))
         super().__init__(
-            net, source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes, label_dropout,
-            guidance_scale,
+            net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
         self.save_hyperparameters(ignore=["net"])
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
