@@ -89,6 +89,49 @@ def test_cost_is_accurate_far_from_origin():
     assert (naive.double() - exact).abs().max() > 1.0
 
 
+def test_bfloat16_cost_error_is_bounded():
+    x0, x1 = clouds(64, 3072, seed=5, shift=0.3)
+    exact = squared_euclidean(x0, x1, torch.float64)
+    fast = squared_euclidean(x0, x1, "bfloat16")
+    assert fast.dtype == torch.float32
+    # only the inner products run in bfloat16 (8-bit mantissa): each term is off by <= ~2**-8 |a||b|
+    centre = 0.5 * (x0.mean(0) + x1.mean(0))
+    scale = (x0 - centre).norm(dim=1)[:, None] * (x1 - centre).norm(dim=1)[None, :]
+    err = (fast.double() - exact).abs()
+    assert (err <= 2 * 2**-8 * scale.double()).all()
+    assert err.max() > 1e-3  # it is the bfloat16 path: float32 would be ~100x closer
+    assert (squared_euclidean(x0, x1, torch.float32).double() - exact).abs().max() < err.max() / 10
+
+
+@pytest.mark.parametrize("data", ["gaussian", "clusters"])
+def test_bfloat16_cost_keeps_the_assignment_near_optimal(data):
+    x0, x1 = clouds(256, 784, seed=6)
+    if data == "clusters":  # 8 well separated clusters: the gap to close is small against the cost
+        centres = 3.0 * torch.randn(8, 784, generator=torch.Generator().manual_seed(7))
+        x1 = centres[torch.arange(256) % 8] + 0.3 * x1
+    perm = OTCoupler("exact", cost_dtype="bfloat16").match(x0, x1)
+    assert is_permutation(perm, 256)
+    opt = OTCoupler("lsa", cost_dtype="float64").match(x0, x1)
+    c_ind, c_opt, c = (float(pair_cost(x0, x1[p]).sum()) for p in (torch.arange(256), opt, perm))
+    assert (c_ind - c) / (c_ind - c_opt) >= 0.999
+    assert c >= c_opt * (1 - 1e-12)
+
+
+def test_single_precision_lapjv_finds_the_optimum():
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    x0, x1 = clouds(300, 784, seed=8)
+    cost64 = squared_euclidean(x0, x1, torch.float64)
+    ref = float(cost64[torch.arange(300), OTCoupler("lsa", cost_dtype="float64").match(x0, x1)].sum())
+    perm = SOLVERS["lapjv"](squared_euclidean(x0, x1, torch.float32)).perm  # solved in float32
+    assert float(cost64[torch.arange(300), perm].sum()) == pytest.approx(ref, rel=1e-6)
+
+
+def test_unknown_cost_dtype_is_an_error():
+    with pytest.raises(ValueError, match="cost_dtype"):
+        OTCoupler("exact", cost_dtype="float16")
+
+
 @pytest.mark.parametrize(
     "x0, x1, match",
     [

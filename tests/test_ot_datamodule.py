@@ -65,7 +65,8 @@ def test_ot_batch_larger_than_the_training_batch_is_solved_once_and_served_in_ch
     assert all(len(p) == 32 for p in seen)
     for group in (seen[0:4], seen[4:8], seen[8:12]):  # four training batches = one exactly solved OT batch
         x0, x1 = torch.cat([p.x0 for p in group]), torch.cat([p.x1 for p in group])
-        assert float(pair_cost(x0, x1).mean()) == pytest.approx(OTCoupler("exact").couple(x0, x1).cost, rel=1e-9)
+        # Coupling.cost sums float32 batches in float32 (about 1e-7 relative)
+        assert float(pair_cost(x0, x1).mean()) == pytest.approx(OTCoupler("exact").couple(x0, x1).cost, rel=1e-6)
         assert torch.cat([p.index for p in group]).unique().numel() == 128
         assert float(pair_cost(x0, x1).mean()) < 0.9 * float(pair_cost(x0, x1.roll(1, 0)).mean())  # not trivially so
     with pytest.raises(ValueError, match="multiple of batch_size"):

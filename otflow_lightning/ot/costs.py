@@ -5,32 +5,49 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["squared_euclidean", "pair_cost", "label_mismatch"]
+__all__ = ["squared_euclidean", "pair_cost", "label_mismatch", "COST_DTYPES"]
+
+COST_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = None) -> Tensor:
     r"""Pairwise squared Euclidean cost :math:`C_{ij} = \|x_0^i - x_1^j\|^2`.
 
     The matmul form :math:`\|a\|^2 + \|b\|^2 - 2 a^\top b` cancels badly in float32 when the points
     sit far from the origin, so both clouds are first centred on their joint mean (the cost is
     translation invariant), and low-dimensional inputs are computed in float64.
 
+    With ``dtype=torch.bfloat16`` only the inner products :math:`a^\top b` run in bfloat16 (the
+    matrix units of recent CPUs (AMX) and GPUs run it 5-10x faster than float32); centring, norms and
+    the result stay float32. The inner products then carry a relative error of about ``2**-8``: an
+    approximate cost (measured: the exact assignment of this cost closes >= 99.95% of the gap on
+    Gaussian, clustered and digit batches in 784 and 3072 dimensions, see ``docs/coupling.md``).
+
     Args:
         x0: ``(n, *shape)`` source batch.
         x1: ``(m, *shape)`` target batch.
-        dtype: computation dtype; default float64 for ``d <= 64`` features, else float32.
+        dtype: computation dtype (or its name, a key of :data:`COST_DTYPES`); default float64 for
+            ``d <= 64`` features, else float32.
 
     Returns:
-        ``(n, m)`` cost matrix on the inputs' device, clamped at 0.
+        ``(n, m)`` cost matrix on the inputs' device (float32 for bfloat16), clamped at 0.
     """
     a = x0.reshape(x0.shape[0], -1)
     b = x1.reshape(x1.shape[0], -1)
+    if isinstance(dtype, str):
+        dtype = COST_DTYPES[dtype]
     if dtype is None:
         dtype = torch.float64 if a.shape[1] <= 64 else torch.float32
-    a, b = a.to(dtype), b.to(dtype)
+    work = torch.float32 if dtype == torch.bfloat16 else dtype
+    a, b = a.to(work), b.to(work)
     centre = 0.5 * (a.mean(0) + b.mean(0))
     a, b = a - centre, b - centre
-    cost = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    if dtype == torch.bfloat16:
+        cost = (a.to(dtype) @ b.to(dtype).T).to(work).mul_(-2.0)
+    else:
+        cost = a @ b.T
+        cost.mul_(-2.0)
+    cost.add_((a * a).sum(1, keepdim=True)).add_((b * b).sum(1)[None, :])
     return cost.clamp_min_(0.0)
 
 
@@ -39,6 +56,12 @@ def label_mismatch(c0: Tensor, c1: Tensor) -> Tensor:
     return (c0.reshape(-1, 1) != c1.reshape(1, -1)).to(torch.float64)
 
 
-def pair_cost(x0: Tensor, x1: Tensor) -> Tensor:
-    """``(n,)`` squared distances of the pairs ``(x0[i], x1[i])``, in float64."""
-    return (x0.double() - x1.double()).reshape(x0.shape[0], -1).square().sum(1)
+def pair_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """``(n,)`` squared distances of the pairs ``(x0[i], x1[i])``, summed in ``dtype``.
+
+    The differences are taken in the inputs' precision (exact to half an ulp of the difference
+    itself), so no float64 copy of the batches is made. ``dtype=None`` sums in the inputs'
+    precision too (2x faster; what the coupler's logged statistics use).
+    """
+    diff = (x0 - x1).reshape(x0.shape[0], -1)
+    return torch.sum(diff * diff, dim=1, dtype=dtype)

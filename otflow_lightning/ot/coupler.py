@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .costs import label_mismatch, pair_cost, squared_euclidean
+from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
 from .solvers import PLANS, SOLVERS, Solution, sample_plan
 
 __all__ = ["OTCoupler", "Coupling", "check_batch"]
@@ -27,7 +27,8 @@ class Coupling:
         perm: ``(n,)`` LongTensor; ``(x0[i], x1[perm[i]])`` are the pairs. A permutation, except
             under a plan sampler (``OTCoupler(plan_sampler=True)``), where it is an index of sampled
             targets that may repeat some targets and leave others out.
-        cost: mean squared distance of the coupled pairs (the sampled pairs under a plan sampler).
+        cost: mean squared distance of the coupled pairs (the sampled pairs under a plan sampler),
+            each pair's distance summed in the batch's precision (float32: about 1e-7 relative).
         independent_cost: mean squared distance of the identity (independent) pairing.
         ms: wall time of the solve, cost matrix included, in milliseconds.
         iterations: solver iterations, where the solver reports them.
@@ -72,7 +73,7 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
             "check that the source's shape matches the data (DataModule `source` / `data_shape`)"
         )
     for name, x in (("x0 (source)", x0), ("x1 (target)", x1)):
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # a finite sum has finite terms
             raise ValueError(f"{name} holds NaN or Inf values; clean the data or check the transform that produced them")
     if (c0 is None) != (c1 is None):
         raise ValueError("give labels for both sides (c0 and c1) or for neither")
@@ -112,6 +113,11 @@ class OTCoupler:
             ``coupling/failures``, and keep the result.
         plan_sampler: sample each source's target from the method's transport plan instead of
             returning a permutation (see above).
+        cost_dtype: precision of the cost matrix: ``None`` (float64 up to 64 features, float32
+            above), ``"float64"``, ``"float32"`` or ``"bfloat16"``: inner products in bfloat16,
+            the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX) in image
+            dimensions; an approximate cost, whose exact assignment closed >= 99.95% of the gap
+            in every measured case (``docs/coupling.md``).
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
             ``rank`` for ``lowrank``).
 
@@ -129,6 +135,7 @@ class OTCoupler:
         label_weight: float | None = None,
         on_failure: str = "raise",
         plan_sampler: bool = False,
+        cost_dtype: str | None = None,
         **options,
     ) -> None:
         if method not in SOLVERS and method not in PLANS:
@@ -143,6 +150,8 @@ class OTCoupler:
                 f"method {method!r} gives a transport plan, not a permutation: pass plan_sampler=True to sample "
                 "pairs from it (targets may then repeat), or pick a bijective method"
             )
+        if cost_dtype is not None and cost_dtype not in COST_DTYPES:
+            raise ValueError(f"cost_dtype must be None or one of {sorted(COST_DTYPES)}, got {cost_dtype!r}")
         if on_failure not in POLICIES:
             raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
         if label_weight is not None and not label_weight >= 0:
@@ -153,16 +162,17 @@ class OTCoupler:
                 "(strict per-label matching) or a cost-matrix method such as 'exact' or 'sinkhorn'"
             )
         self.method, self.label_weight, self.on_failure, self.options = method, label_weight, on_failure, options
-        self.plan_sampler = plan_sampler
+        self.plan_sampler, self.cost_dtype = plan_sampler, cost_dtype
         self.failures = 0
 
     def __repr__(self) -> str:
-        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        opts = f", cost_dtype={self.cost_dtype!r}" if self.cost_dtype else ""
+        opts += "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"OTCoupler({self.method!r}{', plan_sampler=True' if self.plan_sampler else ''}{opts})"
 
     def cost_matrix(self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> Tensor:
         """``(n, n)`` cost the solver minimises: squared Euclidean, plus the weighted label term."""
-        cost = squared_euclidean(x0, x1)
+        cost = squared_euclidean(x0, x1, self.cost_dtype)
         if c0 is not None and self.label_weight is not None:
             cost = cost + self.label_weight * label_mismatch(c0, c1).to(cost)
         return cost
@@ -208,8 +218,8 @@ class OTCoupler:
         with torch.no_grad():
             strict = c0 is not None and self.label_weight is None
             sol = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
-            transport = pair_cost(x0, x1[sol.perm]).mean()
-            independent = pair_cost(x0, x1).mean()
+            transport = pair_cost(x0, x1[sol.perm], None).double().mean()
+            independent = pair_cost(x0, x1, None).double().mean()
             result = (float(transport), float(independent))
             unique = sol.perm.unique().numel() / x0.shape[0] if self.plan_sampler else None
         ms = (time.perf_counter() - start) * 1e3
