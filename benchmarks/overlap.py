@@ -3,13 +3,15 @@
 Trains a config for a fixed number of steps with per-batch exact coupling, once synchronously and
 once with the next batch's coupling prefetched on a worker thread (alternating, ``--repeats``
 times each), and prints steps/s, their ratio and the share of a synchronous step spent in the
-coupling (source draw excluded: ``coupling/ms`` times the solve and the two pair costs). Validation
+coupling (source draw excluded: ``coupling/ms`` times the solve and the two pair costs; with
+``ot_batch_size`` it is spread over the training batches of an OT batch). Validation
 and checkpoints are off; the config's EMA callback stays (it is part of a step). ``--idle_ms`` adds
 a wait of the host to every step (a sleep, which releases the GIL), a stand-in for a GPU step during
 which the host waits for the device: it shows the overlap apart from CPU contention.
 
     python benchmarks/overlap.py                          # CPU: toy 256, toy 1024, digits 128
     python benchmarks/overlap.py --device cuda --runs toy:256:500 toy:1024:200 toy:4096:20 digits:128:300
+    python benchmarks/overlap.py --runs toy_nfm:256:320 --coupling config --warmup 16   # bsp, OT batch 4096 per 16 steps
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from otflow_lightning.cli import main as otflow
 
-CONFIGS = {"toy": "configs/toy.yaml", "digits": "configs/digits.yaml", "cifar": "configs/cifar.yaml"}
+CONFIGS = {"toy": "configs/toy.yaml", "toy_nfm": "configs/toy_nfm.yaml", "digits": "configs/digits.yaml", "cifar": "configs/cifar.yaml"}
 
 
 class StepTimer(Callback):
@@ -41,8 +43,9 @@ class StepTimer(Callback):
         time.sleep(self.idle_ms / 1e3)
         if trainer.global_step == self.warmup:
             self.start = time.perf_counter()
-        if trainer.global_step >= self.warmup:
-            self.coupling_ms.append(batch.stats["coupling/ms"])
+        if trainer.global_step >= self.warmup:  # amortised over the training batches of an OT batch
+            data = trainer.datamodule
+            self.coupling_ms.append(batch.stats["coupling/ms"] * data.batch_size / (data.ot_batch_size or data.batch_size))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if module.device.type == "cuda":
@@ -52,7 +55,8 @@ class StepTimer(Callback):
 
 def train(config: str, batch: int, steps: int, prefetch: bool, args) -> dict:
     with tempfile.TemporaryDirectory() as root:
-        cli = otflow(["--config", CONFIGS[config], "--data.init_args.coupling=exact",
+        coupling = [] if args.coupling == "config" else [f"--data.init_args.coupling={args.coupling}"]
+        cli = otflow(["--config", CONFIGS[config], *coupling,
                       f"--data.init_args.batch_size={batch}", f"--data.init_args.prefetch_coupling={prefetch}",
                       f"--trainer.max_steps={args.warmup + steps}", f"--trainer.accelerator={args.device}",
                       "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per setting; the median is kept")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--coupling", default="exact", help="coupling method of every run; 'config': the config's own")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the training step")
     parser.add_argument("--idle_ms", type=float, default=0.0, help="host wait added to every step (a stand-in device step)")
     args = parser.parse_args()

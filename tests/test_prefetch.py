@@ -60,6 +60,8 @@ CASES = {  # data module options, trainer options
     "toy": (TOY, {}),
     "conditional": (dict(target=labelled(), conditional=True), {}),
     "epochs_cut_short": (TOY, dict(limit_train_batches=3)),  # each epoch leaves a queued batch unused
+    "ot_batch_size": (dict(TOY, ot_batch_size=128), {}),  # each OT batch of 128 served as two training batches
+    "ot_batch_cut_short": (dict(TOY, ot_batch_size=128), dict(limit_train_batches=3)),  # epochs end inside an OT batch
 }
 
 
@@ -119,6 +121,18 @@ def test_next_solve_runs_during_the_step(prefetch):
     dm = OTPairDataModule("moons", source="8gaussians", toy_size=256, coupling=coupler, batch_size=64, seed=0, prefetch_coupling=prefetch)
     fit(dm, model, max_steps=3 if prefetch else 1)
     assert overlapped == ([True] * 3 if prefetch else [False])
+
+
+def test_next_ot_batch_is_solved_during_the_steps_of_the_current_one():
+    """ot_batch_size=128 at batch_size=64: both steps of OT batch k run while OT batch k + 1 is being solved."""
+    coupler, overlapped = SignallingCoupler(), []
+    model = Recorder(on_step=lambda step: overlapped.append(coupler.started[step // 2 + 1].wait(10.0)))
+    dm = OTPairDataModule("moons", source="8gaussians", toy_size=512, coupling=coupler, batch_size=64, ot_batch_size=128,
+                          seed=0, prefetch_coupling=True)
+    fit(dm, model, max_steps=5)
+    assert overlapped == [True] * 5
+    assert coupler.calls <= 4  # one solve per OT batch (3 trained on, at most one queued ahead)
+    assert all(len(p) == 64 for p in model.pairs)
 
 
 def test_worker_errors_surface_with_their_message():

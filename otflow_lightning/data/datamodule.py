@@ -97,8 +97,9 @@ class OTPairDataModule(pl.LightningDataModule):
         ot_batch_size: solve OT on batches of this many samples (a multiple of ``batch_size``) and
             serve each coupled OT batch as ``ot_batch_size // batch_size`` consecutive training
             batches: a larger OT batch (a sharper coupling) at the same gradient batch and one solve
-            per several steps. ``None``: the OT batch is the training batch. Not with ``online``,
-            ``prefetch_coupling`` or ``source_data``.
+            per several steps (with ``prefetch_coupling``, the next OT batch's solve overlaps all of
+            them). ``None``: the OT batch is the training batch. Not with ``online`` or
+            ``source_data``.
     """
 
     def __init__(
@@ -142,10 +143,10 @@ class OTPairDataModule(pl.LightningDataModule):
             )
         if ot_batch_size is not None and (ot_batch_size < batch_size or ot_batch_size % batch_size):
             raise ValueError(f"ot_batch_size must be a multiple of batch_size={batch_size}, got {ot_batch_size}")
-        if ot_batch_size is not None and (self.online is not None or prefetch_coupling or source_data is not None):
+        if ot_batch_size is not None and (self.online is not None or source_data is not None):
             raise ValueError(
                 "ot_batch_size serves one coupled OT batch as several training batches, which does not combine with "
-                "coupling='online' (its bank pairs every batch), prefetch_coupling or source_data; unset one of them"
+                "coupling='online' (its bank pairs every batch) or source_data; unset one of them"
             )
         self.ot_batch_size = ot_batch_size
         self._chunks: list[Pair] = []
@@ -224,10 +225,11 @@ class OTPairDataModule(pl.LightningDataModule):
             name = "ot_batch_size" if self.ot_batch_size else "batch_size"
             raise ValueError(f"the training set has {len(self._train)} samples, fewer than {name}={ot_batch}")
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
+        chunks = ot_batch // self.batch_size
         if self.prefetch_coupling:
-            target = self._loader(self._train, True, True, PrefetchingLoader, prefetcher=self._start_prefetcher())
+            target = self._loader(self._train, True, True, PrefetchingLoader, ot_batch, chunks=chunks, prefetcher=self._start_prefetcher())
         elif self.ot_batch_size:
-            target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=ot_batch // self.batch_size)
+            target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=chunks)
         else:
             target = self._loader(self._train, shuffle=True, drop_last=True)
         if self._source_train is None:
@@ -276,23 +278,28 @@ class OTPairDataModule(pl.LightningDataModule):
         if isinstance(batch, Pair):
             return batch
         if isinstance(batch, PrefetchedPair):
-            return self._prefetcher.wait(batch)
+            return self._serve(self._prefetcher.wait(batch))
         if isinstance(batch, PairChunk):  # a further training batch of the OT batch paired last
             if batch.index >= len(self._chunks):
                 raise RuntimeError("ot_batch_size: a training batch arrived before its OT batch was paired")
             return self._chunks[batch.index]
         training = self.trainer is not None and self.trainer.training
         pair = self._pair(batch, training)
-        if training and self.ot_batch_size:
-            # the rows follow the i.i.d. source draws, so consecutive slices are random subsets
-            n = self.batch_size
-            self._chunks = [
-                Pair(pair.x0[i : i + n], pair.x1[i : i + n], None if pair.labels is None else pair.labels[i : i + n],
-                     None if pair.index is None else pair.index[i : i + n], pair.stats)
-                for i in range(0, len(pair), n)
-            ]
-            return self._chunks[0]
-        return pair
+        return self._serve(pair) if training else pair
+
+    def _serve(self, pair: Pair) -> Pair:
+        """The training batch to use now: ``pair`` itself, or (``ot_batch_size``) its first slice,
+        keeping the others for the :class:`PairChunk` markers that follow."""
+        if not self.ot_batch_size:
+            return pair
+        # the rows follow the i.i.d. source draws, so consecutive slices are random subsets
+        n = self.batch_size
+        self._chunks = [
+            Pair(pair.x0[i : i + n], pair.x1[i : i + n], None if pair.labels is None else pair.labels[i : i + n],
+                 None if pair.index is None else pair.index[i : i + n], pair.stats)
+            for i in range(0, len(pair), n)
+        ]
+        return self._chunks[0]
 
     def _start_prefetcher(self) -> CouplingPrefetcher:
         """The worker that pairs training batches one batch ahead (``prefetch_coupling``)."""

@@ -100,34 +100,6 @@ class CouplingPrefetcher:
         self.executor.shutdown(wait=True)
 
 
-class PrefetchingLoader(DataLoader):
-    """A ``DataLoader`` that yields :class:`PrefetchedPair` s, submitting each batch one batch ahead.
-
-    Each new iteration (epoch) first rewinds what the last one queued but never handed out or
-    Lightning never used (``limit_train_batches``, a restart mid-epoch).
-
-    Args:
-        *args, **kwargs: those of ``DataLoader``.
-        prefetcher: the :class:`CouplingPrefetcher` (passed through ``__init__`` so that Lightning
-            can re-create the loader with a distributed sampler).
-    """
-
-    def __init__(self, *args, prefetcher: CouplingPrefetcher | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.prefetcher = prefetcher
-
-    def __iter__(self) -> Iterator[PrefetchedPair]:
-        if self.prefetcher is None:
-            raise RuntimeError("PrefetchingLoader needs prefetcher=...; build it through OTPairDataModule(prefetch_coupling=True)")
-        self.prefetcher.rewind()
-        ahead: deque[PrefetchedPair] = deque()
-        for batch in super().__iter__():
-            ahead.append(self.prefetcher.submit(batch))
-            if len(ahead) == 2:  # batch k goes out once batch k + 1 is queued
-                yield ahead.popleft()
-        yield from ahead
-
-
 class PairChunk:
     """Stands for training batch ``index`` of the OT batch paired just before it (``ot_batch_size``)."""
 
@@ -144,8 +116,11 @@ class ChunkedLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.chunks = chunks
 
+    def _batches(self) -> Iterator[Any]:
+        return super().__iter__()
+
     def __iter__(self) -> Iterator[Any]:
-        for batch in super().__iter__():
+        for batch in self._batches():
             yield batch
             for index in range(1, self.chunks):
                 yield PairChunk(index)
@@ -153,3 +128,32 @@ class ChunkedLoader(DataLoader):
     def __len__(self) -> int:
         return super().__len__() * self.chunks
 
+
+class PrefetchingLoader(ChunkedLoader):
+    """A ``DataLoader`` that yields :class:`PrefetchedPair` s, submitting each batch one batch ahead.
+
+    Each new iteration (epoch) first rewinds what the last one queued but never handed out or
+    Lightning never used (``limit_train_batches``, a restart mid-epoch). With ``chunks > 1``
+    (``ot_batch_size``) each OT batch is followed by its :class:`PairChunk` markers, so the next OT
+    batch's solve overlaps all the training steps cut from the current one.
+
+    Args:
+        *args, **kwargs: those of :class:`ChunkedLoader` (``DataLoader``'s and ``chunks``).
+        prefetcher: the :class:`CouplingPrefetcher` (passed through ``__init__`` so that Lightning
+            can re-create the loader with a distributed sampler).
+    """
+
+    def __init__(self, *args, prefetcher: CouplingPrefetcher | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefetcher = prefetcher
+
+    def _batches(self) -> Iterator[PrefetchedPair]:
+        if self.prefetcher is None:
+            raise RuntimeError("PrefetchingLoader needs prefetcher=...; build it through OTPairDataModule(prefetch_coupling=True)")
+        self.prefetcher.rewind()
+        ahead: deque[PrefetchedPair] = deque()
+        for batch in super()._batches():
+            ahead.append(self.prefetcher.submit(batch))
+            if len(ahead) == 2:  # batch k goes out once batch k + 1 is queued
+                yield ahead.popleft()
+        yield from ahead
