@@ -235,3 +235,50 @@ def test_every_registered_solver_returns_a_permutation():
     x0, x1 = clouds(50, 3, seed=7)
     for method in SOLVERS:
         assert is_permutation(OTCoupler(method).match(x0, x1), 50), method
+
+
+def separated_clusters(n, d, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = 4.0 * torch.randn(k, d, generator=g)
+    return torch.randn(n, d, generator=g), centres[torch.arange(n) % k] + 0.5 * torch.randn(n, d, generator=g)
+
+
+def test_kmeans_recovers_separated_clusters():
+    from otflow_lightning.ot.solvers import kmeans
+
+    _, x = separated_clusters(300, 16, 5, seed=2)
+    truth = torch.arange(300) % 5
+    for seed in range(5):
+        centres, labels = kmeans(x, 5, 10, torch.Generator().manual_seed(seed))
+        assert len({(int(t), int(l)) for t, l in zip(truth, labels)}) == 5  # each true cluster is one label
+        assert torch.allclose(centres[labels[:5]], torch.stack([x[truth == j].mean(0) for j in range(5)]), atol=1e-4)
+
+
+def test_multiscale_with_one_leaf_is_exact():
+    x0, x1 = clouds(96, 8, seed=4)
+    cost = squared_euclidean(x0, x1, torch.float64)
+    exact = float(cost[torch.arange(96), OTCoupler("lsa").match(x0, x1)].sum())
+    perm = OTCoupler("multiscale", leaf_size=96).match(x0, x1)
+    assert is_permutation(perm, 96)
+    assert float(cost[torch.arange(96), perm].sum()) == pytest.approx(exact, rel=1e-12)
+
+
+@pytest.mark.parametrize("d", [2, 256])
+def test_multiscale_is_near_exact_on_clustered_targets(d):
+    x0, x1 = separated_clusters(512, d, 8, seed=3)
+    coupling = OTCoupler("multiscale", leaf_size=64).couple(x0, x1)
+    assert is_permutation(coupling.perm, 512)
+    assert gap_closed(x0, x1, coupling.perm) >= 0.95
+    assert coupling.iterations == 10
+
+
+def test_multiscale_works_on_the_points_without_a_cost_matrix(monkeypatch):
+    def no_matrix(*args, **kwargs):
+        raise AssertionError("the n x n cost matrix was built")
+
+    monkeypatch.setattr(OTCoupler, "cost_matrix", no_matrix)
+    x0, x1 = separated_clusters(64, 4, 2, seed=5)
+    assert is_permutation(OTCoupler("multiscale", leaf_size=32).match(x0, x1), 64)
+    assert is_permutation(OTCoupler("bsp").match(x0, x1), 64)
+    with pytest.raises(ValueError, match="label_weight"):
+        OTCoupler("multiscale", label_weight=1.0)
