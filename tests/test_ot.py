@@ -282,3 +282,5 @@ def test_multiscale_works_on_the_points_without_a_cost_matrix(monkeypatch):
     assert is_permutation(OTCoupler("bsp").match(x0, x1), 64)
     with pytest.raises(ValueError, match="label_weight"):
         OTCoupler("multiscale", label_weight=1.0)
+    with pytest.raises(ValueError, match="cost_dtype"):
+        OTCoupler("multiscale", cost_dtype="bfloat16")

@@ -117,7 +117,8 @@ class OTCoupler:
             above), ``"float64"``, ``"float32"`` or ``"bfloat16"``: inner products in bfloat16,
             the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX) in image
             dimensions; an approximate cost, whose exact assignment closed >= 99.95% of the gap
-            in every measured case (``docs/coupling.md``).
+            in every measured case (``docs/coupling.md``). The point methods (``bsp``,
+            ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
             ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``).
 
@@ -152,6 +153,8 @@ class OTCoupler:
             )
         if cost_dtype is not None and cost_dtype not in COST_DTYPES:
             raise ValueError(f"cost_dtype must be None or one of {sorted(COST_DTYPES)}, got {cost_dtype!r}")
+        if cost_dtype is not None and method in POINT_METHODS:
+            raise ValueError(f"method {method!r} works on the points and builds no cost matrix: leave cost_dtype unset")
         if on_failure not in POLICIES:
             raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
         if label_weight is not None and not label_weight >= 0:

@@ -487,7 +487,12 @@ def kmeans(x: Tensor, k: int, iterations: int = 10, generator: torch.Generator |
 
 
 def solve_multiscale(
-    cost: Tensor | None, x0: Tensor, x1: Tensor, leaf_size: int = 512, iterations: int = 10, seed: int = 0
+    cost: Tensor | None,
+    x0: Tensor,
+    x1: Tensor,
+    leaf_size: int = 512,
+    iterations: int = 10,
+    seed: int = 0,
 ) -> Solution:
     r"""Two-level assignment: k-means clusters of the targets, an exact transport of the sources to
     the clusters, then one exact assignment inside each cluster. Works on the points (no ``n x n``
@@ -523,7 +528,7 @@ def solve_multiscale(
     k = max(1, min(n, round(n / leaf_size)))
     centres, labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed))
     capacity = torch.bincount(labels, minlength=k)
-    coarse = _cpu_float64(squared_euclidean(a, centres, torch.float64))
+    coarse = _cpu_float64(squared_euclidean(a, centres))
     # unit supplies and integer capacities: the simplex's vertex is integral, one cluster per source
     assign = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000).argmax(1)
     if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
