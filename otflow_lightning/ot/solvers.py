@@ -458,17 +458,23 @@ def solve_bsp(cost: Tensor | None, x0: Tensor, x1: Tensor, n_plans: int = 64, se
     return Solution(check_permutation(_from_numpy(perm, x0.device), x0.shape[0], "bsp"), iterations=n_plans)
 
 
-def kmeans(x: Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def kmeans(
+    x: Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None, sample: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means of ``x`` ``(n, d)``: ``(centres (k, d), labels (n,))``.
 
     Started by k-means++ (each new centre drawn with probability proportional to the squared
     distance to the nearest centre so far), then ``iterations`` Lloyd steps, vectorised on ``x``'s
     device (one matmul and one ``index_add_`` per step); a cluster left empty keeps its centre.
-    ``generator`` is a CPU generator.
+    With ``sample``, the centres are fitted on that many random points and every point then takes
+    its nearest centre. ``generator`` is a CPU generator.
     """
     n = x.shape[0]
     mean = x.mean(0)
     x = x - mean  # centred once: the nearest centre is the argmin of |c|^2 - 2 x.c
+    if sample is not None and sample < n:
+        centres, _ = kmeans(x[torch.randperm(n, generator=generator)[:sample].to(x.device)], k, iterations, generator)
+        return centres + mean, torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
     norms = x.square().sum(1)
     chosen = [int(torch.randint(n, (1,), generator=generator))]
     nearest = (norms - 2 * x @ x[chosen[0]] + norms[chosen[0]]).clamp_min(0)
@@ -498,7 +504,8 @@ def solve_multiscale(
     the clusters, then one exact assignment inside each cluster. Works on the points (no ``n x n``
     cost matrix).
 
-    1. k-means (k-means++ start, ``iterations`` Lloyd steps, ``k = round(n / leaf_size)`` clusters) groups the targets
+    1. k-means (k-means++ start, ``iterations`` Lloyd steps on ``128 k`` of the targets, then every
+       target to its nearest centre; ``k = round(n / leaf_size)`` clusters) groups the targets
        into clusters :math:`c` of sizes :math:`m_c` and centres :math:`\mu_c`.
     2. Every source goes to one cluster by the exact transport from the sources (mass 1 each) to
        the clusters (capacity :math:`m_c`) on the cost :math:`\|x_0^i - \mu_c\|^2`. This is the
@@ -526,8 +533,11 @@ def solve_multiscale(
     if a.shape[1] > 64:
         a, b = a.float(), b.float()
     k = max(1, min(n, round(n / leaf_size)))
-    centres, labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed))
+    labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
     capacity = torch.bincount(labels, minlength=k)
+    # the exact means of the final clusters (what step 2's argument needs); empty clusters get no source
+    centres = torch.zeros(k, b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, labels, b)
+    centres = centres / capacity.clamp_min(1).to(b.dtype)[:, None]
     coarse = _cpu_float64(squared_euclidean(a, centres))
     # unit supplies and integer capacities: the simplex's vertex is integral, one cluster per source
     assign = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000).argmax(1)
