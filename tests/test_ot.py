@@ -284,3 +284,10 @@ def test_multiscale_works_on_the_points_without_a_cost_matrix(monkeypatch):
         OTCoupler("multiscale", label_weight=1.0)
     with pytest.raises(ValueError, match="cost_dtype"):
         OTCoupler("multiscale", cost_dtype="bfloat16")
+
+
+def test_multiscale_sweeps_never_raise_the_cost_and_close_more_of_the_gap():
+    x0, x1 = clouds(512, 64, seed=9)  # an unclustered cloud: the hard case for clusters
+    gaps = [gap_closed(x0, x1, OTCoupler("multiscale", leaf_size=128, sweeps=s).match(x0, x1)) for s in (0, 1, 3)]
+    assert gaps[0] <= gaps[1] <= gaps[2] <= 1.0
+    assert gaps[2] > gaps[0] + 0.01

@@ -499,6 +499,7 @@ def solve_multiscale(
     leaf_size: int = 512,
     iterations: int = 10,
     seed: int = 0,
+    sweeps: int = 0,
 ) -> Solution:
     r"""Two-level assignment: k-means clusters of the targets, an exact transport of the sources to
     the clusters, then one exact assignment inside each cluster. Works on the points (no ``n x n``
@@ -514,6 +515,11 @@ def solve_multiscale(
        which fixed capacities make irrelevant. POT's network simplex solves the ``n x k`` problem;
        with unit supplies and integer capacities its solution is integral.
     3. Each cluster's sources and targets are matched exactly (``exact``).
+    4. ``sweeps`` times: the sources are clustered afresh (k-means with another seed), and each
+       cluster's sources are re-matched exactly to the targets they hold. The current pairs are
+       feasible in every block, so the cost never rises; each sweep moves targets across the
+       boundaries of step 1 (Gaussian clouds, n=4096, d=3072: 92% -> 95%, 96%, 97% of the gap
+       after 1, 2, 3 sweeps, each costing about what steps 1-3 cost).
 
     The work is ``O(n k d)`` for the clustering and ``O(n^2 d / k)`` for the leaves instead of
     ``O(n^2 d)`` plus an ``n``-size assignment. Near-exact where the targets are clustered (8-cluster
@@ -525,6 +531,7 @@ def solve_multiscale(
         leaf_size: target points per cluster (sets ``k``).
         iterations: Lloyd iterations of the k-means.
         seed: seed of the k-means++ start.
+        sweeps: refinement sweeps (step 4).
     """
     import ot
 
@@ -549,6 +556,13 @@ def solve_multiscale(
         rows, cols = torch.nonzero(assign == c).flatten(), torch.nonzero(labels == c).flatten()
         if rows.numel():
             perm[rows] = cols[solve_exact(squared_euclidean(a[rows], b[cols]), a[rows], b[cols]).perm]
+    for sweep in range(sweeps):
+        blocks = kmeans(a, k, iterations, torch.Generator().manual_seed(seed + 1 + sweep), sample=128 * k)[1]
+        for c in range(k):
+            rows = torch.nonzero(blocks == c).flatten()
+            if rows.numel() > 1:
+                cols = perm[rows]
+                perm[rows] = cols[solve_exact(squared_euclidean(a[rows], b[cols]), a[rows], b[cols]).perm]
     return Solution(check_permutation(perm, n, "multiscale"), iterations=iterations)
 
 
