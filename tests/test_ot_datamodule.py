@@ -90,3 +90,21 @@ def test_ot_batch_chunks_resume_mid_group(tmp_path):
 
     fit(6)  # stops inside the second OT batch (chunk 2 of 4)
     assert fit(10, str(tmp_path / "last.ckpt")).global_step == 10
+
+
+def test_multiscale_and_bfloat16_couplings_through_the_datamodule():
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (256,), generator=g)
+    x = torch.randn(256, 96, generator=g) + 4.0 * y[:, None]
+    costs = {}
+    for coupling in ("exact", "independent", "multiscale", OTCoupler("exact", cost_dtype="bfloat16")):
+        dm = OTPairDataModule(TensorDataset(x, y), coupling=coupling, batch_size=256, conditional=True, seed=0)
+        dm.trainer = SimpleNamespace(training=True, global_rank=0, global_step=0)
+        pair = dm.on_after_batch_transfer((torch.arange(256), (x, y)), 0)  # the same noise for every coupling
+        assert sorted(pair.index.tolist()) == list(range(256))  # a bijection of the batch
+        assert torch.equal(pair.x1, x[pair.index]) and torch.equal(pair.labels, y[pair.index])
+        costs[str(coupling)] = pair.stats["coupling/cost"]
+    gain = costs["independent"] - costs["exact"]  # per-class OT's gain over independent pairs within classes
+    assert gain > 0
+    for name in ("multiscale", "OTCoupler('exact', cost_dtype='bfloat16')"):
+        assert costs[name] <= costs["exact"] + 0.05 * gain  # >= 95% of the gap closed
