@@ -1,7 +1,8 @@
-"""Assignment solvers: each turns an ``(n, n)`` cost matrix into a permutation.
+"""Assignment solvers: each turns an ``(n, n)`` cost matrix (or the points) into a permutation.
 
 A solver is a function ``solve(cost, x0, x1, **options) -> Solution`` where ``Solution.perm`` is a
-LongTensor on ``cost.device`` such that ``(x0[i], x1[perm[i]])`` are the pairs. Register new ones in
+LongTensor on the inputs' device such that ``(x0[i], x1[perm[i]])`` are the pairs. The methods in
+:data:`POINT_METHODS` work on the points and are given ``cost=None``. Register new ones in
 :data:`SOLVERS`. Which one to use where (measured on a 2-core CPU, see ``docs/coupling.md``):
 
 - ``exact``: the fastest exact CPU solver for the problem: POT's network simplex (``emd``) for
