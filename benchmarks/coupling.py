@@ -22,7 +22,8 @@ fall below the optimum of a bijection and their gap closed can exceed 1. A metho
     python benchmarks/coupling.py --device cuda --data gaussian --n 4096 --d 3072 \\
         --methods auction sinkhorn --repeat 10                       # the GPU figure
 
-Optional GPU peers (``--peers ... tla geomloss``, run on ``--device``): torch-linear-assignment's
+Optional CPU peer ``lap``: the LAPJV of the ``lap`` package (``pip install lapx``) on the float64
+cdist cost, as a user calls it. Optional GPU peers (``--peers ... tla geomloss``, run on ``--device``): torch-linear-assignment's
 ``batch_linear_assignment`` (exact; a Triton kernel on CUDA, scipy on the CPU) and geomloss's
 epsilon-scaling Sinkhorn (``SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.9)``, its dual
 potentials turned into a plan and rounded to a permutation by our ``round_plan``).
@@ -43,7 +44,7 @@ import torch
 from otflow_lightning.data.toys import sample_toy
 from otflow_lightning.ot import OTCoupler, pair_cost
 
-PEERS = ("torchcfm", "scipy", "tla", "geomloss")
+PEERS = ("torchcfm", "scipy", "lap", "tla", "geomloss")
 DEVICE_PEERS = ("tla", "geomloss")  # run on --device; the others always on the CPU
 
 
@@ -99,6 +100,11 @@ def run_peer(name: str, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tenso
         pi = sampler.get_map(x0, x1)
         i, j = sampler.sample_map(pi, x0.shape[0], replace=True)
         return torch.from_numpy(np.asarray(i)), torch.from_numpy(np.asarray(j))
+    if name == "lap":  # the `lap` package's LAPJV (pip install lapx), as a user calls it on the cdist cost
+        import lap
+
+        j = lap.lapjv((torch.cdist(x0, x1) ** 2).double().numpy())[1]
+        return torch.arange(x0.shape[0]), torch.from_numpy(j.astype("int64"))
     if name == "scipy":
         from scipy.optimize import linear_sum_assignment
 
@@ -135,7 +141,7 @@ def main() -> None:
         "--methods", nargs="+", default=["exact", "auction", "sinkhorn", "bsp", "emd", "lapjv", "sinkhorn/plan", "lowrank/plan"]
     )
     parser.add_argument("--peers", nargs="*", default=["torchcfm", "scipy"],
-                        help="of torchcfm, scipy, tla (pip install torch-linear-assignment), geomloss (pip install geomloss)")
+                        help="of torchcfm, scipy, lap (pip install lapx), tla (pip install torch-linear-assignment), geomloss (pip install geomloss)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; skip a method whose next n would exceed it")
     parser.add_argument("--threads", type=int, default=1)

@@ -284,6 +284,8 @@ def test_multiscale_works_on_the_points_without_a_cost_matrix(monkeypatch):
         OTCoupler("multiscale", label_weight=1.0)
     with pytest.raises(ValueError, match="cost_dtype"):
         OTCoupler("multiscale", cost_dtype="bfloat16")
+    with pytest.raises(ValueError, match="leaf_size >= 1"):
+        OTCoupler("multiscale", leaf_size=0).match(x0, x1)
 
 
 def test_multiscale_sweeps_never_raise_the_cost_and_close_more_of_the_gap():

@@ -536,6 +536,8 @@ def solve_multiscale(
     """
     import ot
 
+    if leaf_size < 1 or iterations < 0 or sweeps < 0:
+        raise ValueError(f"multiscale needs leaf_size >= 1, iterations >= 0 and sweeps >= 0; got {leaf_size}, {iterations}, {sweeps}")
     n = x0.shape[0]
     a, b = x0.detach().reshape(n, -1), x1.detach().reshape(n, -1)
     if a.shape[1] > 64:
