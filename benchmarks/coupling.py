@@ -12,7 +12,8 @@ drawn from the method's transport plan (``sinkhorn/plan``: the entropic plan unr
 ``lowrank/plan``: POT's low-rank Sinkhorn, rank 32). Sampled pairs repeat targets, so their cost can
 fall below the optimum of a bijection and their gap closed can exceed 1. A method written
 ``name@dtype`` computes its cost matrix in that precision (``OTCoupler(name, cost_dtype=dtype)``;
-``exact@bfloat16``: inner products in bfloat16, then the exact assignment of that cost).
+``exact@bfloat16``: inner products in bfloat16, then the exact assignment of that cost), and
+``name:key=value,...`` passes solver options (``exact:clusters=8``: LAPJV's cluster warm start).
 
     python benchmarks/coupling.py                                     # CPU table
     python benchmarks/coupling.py --data gaussian moons --n 256 1024 --d 2 784 \\
@@ -149,7 +150,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"{'data':<11}{'d':>5}{'n':>6}  {'method':<14}{'ms':>10}{'x torchcfm':>11}{'cost ratio':>11}{'gap closed':>11}{'targets':>9}")
+    print(f"{'data':<11}{'d':>5}{'n':>6}  {'method':<24}{'ms':>10}{'x torchcfm':>11}{'cost ratio':>11}{'gap closed':>11}{'targets':>9}")
     for data in args.data:
         for d in args.d:
             last_ms: dict[str, float] = {}
@@ -182,8 +183,10 @@ def main() -> None:
                     else:
                         a, b = x0.to(device), x1.to(device)
                         spec, _, cost_dtype = name.partition("@")
+                        spec, _, given = spec.partition(":")
                         method, _, plan = spec.partition("/")
-                        coupler = OTCoupler(method, plan_sampler=plan == "plan", cost_dtype=cost_dtype or None)
+                        options = {k: float(v) if "." in v else int(v) for k, v in (o.split("=") for o in given.split(",") if o)}
+                        coupler = OTCoupler(method, plan_sampler=plan == "plan", cost_dtype=cost_dtype or None, **options)
 
                         def match():
                             return coupler.match(a, b, generator=torch.Generator(device).manual_seed(0))
@@ -196,7 +199,7 @@ def main() -> None:
                     last_ms[name] = ms
                     rows.append((name, ms, cost / c_ind, (c_ind - cost) / max(c_ind - c_opt, 1e-30), targets))
                 for name, ms, ratio, gap, targets in rows:
-                    head = f"{data:<11}{d:>5}{n:>6}  {name:<14}"
+                    head = f"{data:<11}{d:>5}{n:>6}  {name:<24}"
                     if ms is None:
                         print(f"{head}{'skipped (over --budget)':>43}")
                         continue

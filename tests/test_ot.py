@@ -293,3 +293,15 @@ def test_multiscale_sweeps_never_raise_the_cost_and_close_more_of_the_gap():
     gaps = [gap_closed(x0, x1, OTCoupler("multiscale", leaf_size=128, sweeps=s).match(x0, x1)) for s in (0, 1, 3)]
     assert gaps[0] <= gaps[1] <= gaps[2] <= 1.0
     assert gaps[2] > gaps[0] + 0.01
+
+
+@pytest.mark.parametrize("clusters", [2, 8])
+def test_cluster_warm_start_keeps_lapjv_exact(clusters):
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    x0, x1 = separated_clusters(256, 96, 8, seed=11)
+    cost = squared_euclidean(x0, x1, torch.float64)
+    optimum = float(cost[torch.arange(256), OTCoupler("lsa", cost_dtype="float64").match(x0, x1)].sum())
+    perm = OTCoupler("exact", clusters=clusters).match(x0, x1)
+    assert is_permutation(perm, 256)
+    assert float(cost[torch.arange(256), perm].sum()) == pytest.approx(optimum, rel=1e-6)

@@ -50,6 +50,8 @@ __all__ = [
     "solve_bsp",
     "solve_multiscale",
     "kmeans",
+    "coarse_transport",
+    "CoarseTransport",
     "POINT_METHODS",
     "PLANS",
     "TransportPlan",
@@ -154,36 +156,47 @@ def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(_from_numpy(perm, cost.device))
 
 
-def solve_lapjv(cost: Tensor, x0=None, x1=None) -> Solution:
+def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, clusters: int = 0, seed: int = 0) -> Solution:
     """Exact assignment by the ``lapjv`` package (AVX2 Jonker-Volgenant), CPU.
 
     A float32 cost is solved in float32 (twice the SIMD width: 2x faster at n=4096; gap closed
-    1.0000 against a float64 solve on every benchmark batch), any other in float64. Each row is first shifted by
-    its mean, which leaves the optimal assignment unchanged and starts LAPJV's column reduction
-    nearer to it (1.3-1.8x faster at n=4096 on Gaussian, clustered and digit batches).
+    1.0000 against a float64 solve on every benchmark batch), any other in float64. The cost is
+    first reduced by potentials, which leaves the optimal assignment unchanged (a permutation
+    pays every row's and column's potential once) and starts LAPJV's column reduction nearer to
+    it: by each row's mean (1.3-1.8x faster at n=4096), or, with ``clusters = k > 1`` and the
+    points given, by the dual potentials of the :func:`coarse_transport` of the sources to ``k``
+    clusters of the targets (``C_ij - u_i - v_c(j)``): 4x faster on an 8-cluster mixture at
+    n=4096, no gain on unclustered clouds (see ``docs/coupling.md``).
     """
     from lapjv import lapjv
 
     cost = cost.detach().cpu()
     if cost.dtype != torch.float32:
         cost = cost.double()
-    cost = cost - cost.mean(1, keepdim=True)
+    if clusters > 1 and x0 is not None and x1 is not None:
+        coarse = coarse_transport(_flat(x0), _flat(x1), clusters, seed=seed)
+        cost = cost - coarse.u.to(cost.dtype)[:, None] - coarse.v.to(cost.dtype)[coarse.labels.cpu()][None, :]
+    else:
+        cost = cost - cost.mean(1, keepdim=True)
     perm = lapjv(np.ascontiguousarray(cost.numpy()))[0]
     return Solution(check_permutation(_from_numpy(perm, cost.device), cost.shape[0], "lapjv"))
 
 
-def solve_exact(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, **options) -> Solution:
+def solve_exact(
+    cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, clusters: int = 0, seed: int = 0, **options
+) -> Solution:
     """Exact assignment with the fastest exact CPU solver for the data's dimension.
 
     ``emd`` (network simplex) for up to ``LOW_DIM`` features, where costs are clustered and the
     simplex needs few pivots; ``lapjv`` above, where Gaussian-like costs favour Jonker-Volgenant
     (scipy's slower Jonker-Volgenant where the optional ``lapjv`` package is not installed).
-    Options go to the chosen solver (``max_iter``, ``threads`` for ``emd``).
+    ``clusters``/``seed`` set ``lapjv``'s cluster warm start (a speed option, used only on that
+    path); other options go to ``emd`` (``max_iter``, ``threads``).
     """
     features = LOW_DIM if x0 is None else x0[0].numel()
     if features <= LOW_DIM:
         return solve_emd(cost, **options)
-    return solve_lapjv(cost) if HAS_LAPJV else solve_lsa(cost)
+    return solve_lapjv(cost, x0, x1, clusters, seed) if HAS_LAPJV else solve_lsa(cost)
 
 
 def repair_permutation(assigned: Tensor) -> Tensor:
@@ -493,6 +506,58 @@ def kmeans(
     return centres + mean, labels
 
 
+def _flat(x: Tensor) -> Tensor:
+    """``(n, d)`` view of a batch, float32 in image dimensions (as the cost matrix)."""
+    x = x.detach().reshape(x.shape[0], -1)
+    return x.float() if x.shape[1] > 64 else x
+
+
+@dataclass
+class CoarseTransport:
+    """Targets clustered, and the exact transport of the sources to the clusters (:func:`coarse_transport`).
+
+    Attributes:
+        labels: ``(n,)`` cluster of each target.
+        assign: ``(n,)`` cluster each source is sent to (cluster ``c`` receives as many sources as it holds targets).
+        u: ``(n,)`` dual potential of each source, float64.
+        v: ``(k,)`` dual potential of each cluster, float64: ``u_i + v_c <= |x0_i - mu_c|^2``, with
+            equality where source ``i`` goes to cluster ``c``.
+    """
+
+    labels: Tensor
+    assign: Tensor
+    u: Tensor
+    v: Tensor
+
+
+def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: int = 0) -> CoarseTransport:
+    r"""Cluster the targets ``b`` into ``k`` clusters (k-means++, ``iterations`` Lloyd steps on
+    ``128 k`` of them) and send every source ``a_i`` to one cluster by the exact transport of unit
+    masses to the cluster means :math:`\mu_c` with capacities the cluster sizes (POT's network
+    simplex on the ``n x k`` cost :math:`|a_i - \mu_c|^2`; with unit supplies and integer
+    capacities its solution is integral). Restricted to plans uniform within each cluster, this is
+    the full problem: the mean squared distance to a cluster's points is the squared distance to
+    its mean plus a per-cluster constant, which fixed capacities make irrelevant.
+
+    Args:
+        a, b: ``(n, d)`` flattened source and target batches.
+    """
+    import ot
+
+    n = a.shape[0]
+    labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
+    capacity = torch.bincount(labels, minlength=k)
+    # the exact means of the final clusters (what the argument above needs)
+    centres = torch.zeros(k, b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, labels, b)
+    centres = centres / capacity.clamp_min(1).to(b.dtype)[:, None]
+    plan, log = ot.emd(np.ones(n), capacity.cpu().double().numpy(), _cpu_float64(squared_euclidean(a, centres)),
+                       numItermax=100_000_000, log=True)
+    assign = plan.argmax(1)
+    if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
+        raise RuntimeError("the coarse transport did not fill every cluster exactly; please report this")
+    return CoarseTransport(labels, torch.from_numpy(assign).to(a.device), torch.from_numpy(log["u"]), torch.from_numpy(log["v"]))
+
+
 def solve_multiscale(
     cost: Tensor | None,
     x0: Tensor,
@@ -509,12 +574,9 @@ def solve_multiscale(
     1. k-means (k-means++ start, ``iterations`` Lloyd steps on ``128 k`` of the targets, then every
        target to its nearest centre; ``k = round(n / leaf_size)`` clusters) groups the targets
        into clusters :math:`c` of sizes :math:`m_c` and centres :math:`\mu_c`.
-    2. Every source goes to one cluster by the exact transport from the sources (mass 1 each) to
-       the clusters (capacity :math:`m_c`) on the cost :math:`\|x_0^i - \mu_c\|^2`. This is the
-       original problem restricted to plans uniform within each cluster: the mean squared
-       distance to a cluster's points is :math:`\|x_0^i - \mu_c\|^2` plus a per-cluster constant,
-       which fixed capacities make irrelevant. POT's network simplex solves the ``n x k`` problem;
-       with unit supplies and integer capacities its solution is integral.
+    2. Every source goes to one cluster by the exact transport of the sources to the cluster means,
+       capacities the cluster sizes (:func:`coarse_transport`, which says why this is exact for
+       plans uniform within clusters).
     3. Each cluster's sources and targets are matched exactly (``exact``).
     4. ``sweeps`` times: the sources are clustered afresh (k-means with another seed), and each
        cluster's sources are re-matched exactly to the targets they hold. The current pairs are
@@ -534,26 +596,13 @@ def solve_multiscale(
         seed: seed of the k-means++ start.
         sweeps: refinement sweeps (step 4).
     """
-    import ot
-
     if leaf_size < 1 or iterations < 0 or sweeps < 0:
         raise ValueError(f"multiscale needs leaf_size >= 1, iterations >= 0 and sweeps >= 0; got {leaf_size}, {iterations}, {sweeps}")
     n = x0.shape[0]
-    a, b = x0.detach().reshape(n, -1), x1.detach().reshape(n, -1)
-    if a.shape[1] > 64:
-        a, b = a.float(), b.float()
+    a, b = _flat(x0), _flat(x1)
     k = max(1, min(n, round(n / leaf_size)))
-    labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
-    capacity = torch.bincount(labels, minlength=k)
-    # the exact means of the final clusters (what step 2's argument needs); empty clusters get no source
-    centres = torch.zeros(k, b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, labels, b)
-    centres = centres / capacity.clamp_min(1).to(b.dtype)[:, None]
-    coarse = _cpu_float64(squared_euclidean(a, centres))
-    # unit supplies and integer capacities: the simplex's vertex is integral, one cluster per source
-    assign = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000).argmax(1)
-    if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
-        raise RuntimeError("multiscale: the coarse transport did not fill every cluster exactly; please report this")
-    assign = torch.from_numpy(assign).to(x0.device)
+    coarse = coarse_transport(a, b, k, iterations, seed)
+    labels, assign = coarse.labels, coarse.assign
     perm = torch.empty(n, dtype=torch.long, device=x0.device)
     for c in range(k):
         rows, cols = torch.nonzero(assign == c).flatten(), torch.nonzero(labels == c).flatten()
