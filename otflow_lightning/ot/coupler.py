@@ -120,7 +120,8 @@ class OTCoupler:
             in every measured case (``docs/coupling.md``). The point methods (``bsp``,
             ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
-            ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``).
+            ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``, ``clusters`` for the
+            cluster warm start of ``exact``/``lapjv``).
 
     Example:
         >>> coupler = OTCoupler("exact")
