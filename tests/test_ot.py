@@ -244,7 +244,7 @@ def separated_clusters(n, d, k, seed):
 
 
 def test_kmeans_recovers_separated_clusters():
-    from otflow_lightning.ot.solvers import kmeans
+    from otflow_lightning.ot.clusters import kmeans
 
     _, x = separated_clusters(300, 16, 5, seed=2)
     truth = torch.arange(300) % 5

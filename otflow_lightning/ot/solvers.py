@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .clusters import coarse_transport, flat_features, kmeans
 from .costs import squared_euclidean
 
 __all__ = [
@@ -49,9 +50,6 @@ __all__ = [
     "solve_sinkhorn",
     "solve_bsp",
     "solve_multiscale",
-    "kmeans",
-    "coarse_transport",
-    "CoarseTransport",
     "POINT_METHODS",
     "PLANS",
     "TransportPlan",
@@ -174,7 +172,7 @@ def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     if cost.dtype != torch.float32:
         cost = cost.double()
     if clusters > 1 and x0 is not None and x1 is not None:
-        coarse = coarse_transport(_flat(x0), _flat(x1), clusters, seed=seed)
+        coarse = coarse_transport(flat_features(x0), flat_features(x1), clusters, seed=seed)
         cost = cost - coarse.u.to(cost.dtype)[:, None] - coarse.v.to(cost.dtype)[coarse.labels.cpu()][None, :]
     else:
         cost = cost - cost.mean(1, keepdim=True)
@@ -472,92 +470,6 @@ def solve_bsp(cost: Tensor | None, x0: Tensor, x1: Tensor, n_plans: int = 64, se
     return Solution(check_permutation(_from_numpy(perm, x0.device), x0.shape[0], "bsp"), iterations=n_plans)
 
 
-def kmeans(
-    x: Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None, sample: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means of ``x`` ``(n, d)``: ``(centres (k, d), labels (n,))``.
-
-    Started by k-means++ (each new centre drawn with probability proportional to the squared
-    distance to the nearest centre so far), then ``iterations`` Lloyd steps, vectorised on ``x``'s
-    device (one matmul and one ``index_add_`` per step); a cluster left empty keeps its centre.
-    With ``sample``, the centres are fitted on that many random points and every point then takes
-    its nearest centre. ``generator`` is a CPU generator.
-    """
-    n = x.shape[0]
-    mean = x.mean(0)
-    x = x - mean  # centred once: the nearest centre is the argmin of |c|^2 - 2 x.c
-    if sample is not None and sample < n:
-        centres, _ = kmeans(x[torch.randperm(n, generator=generator)[:sample].to(x.device)], k, iterations, generator)
-        return centres + mean, torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
-    norms = x.square().sum(1)
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    nearest = (norms - 2 * x @ x[chosen[0]] + norms[chosen[0]]).clamp_min(0)
-    for _ in range(1, k):
-        chosen.append(int(torch.multinomial(nearest.cpu().double() + 1e-30, 1, generator=generator)))
-        nearest = torch.minimum(nearest, (norms - 2 * x @ x[chosen[-1]] + norms[chosen[-1]]).clamp_min(0))
-    centres = x[chosen].clone()
-    for step in range(iterations + 1):
-        labels = torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
-        if step == iterations:
-            break
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
-        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
-    return centres + mean, labels
-
-
-def _flat(x: Tensor) -> Tensor:
-    """``(n, d)`` view of a batch, float32 in image dimensions (as the cost matrix)."""
-    x = x.detach().reshape(x.shape[0], -1)
-    return x.float() if x.shape[1] > 64 else x
-
-
-@dataclass
-class CoarseTransport:
-    """Targets clustered, and the exact transport of the sources to the clusters (:func:`coarse_transport`).
-
-    Attributes:
-        labels: ``(n,)`` cluster of each target.
-        assign: ``(n,)`` cluster each source is sent to (cluster ``c`` receives as many sources as it holds targets).
-        u: ``(n,)`` dual potential of each source, float64.
-        v: ``(k,)`` dual potential of each cluster, float64: ``u_i + v_c <= |x0_i - mu_c|^2``, with
-            equality where source ``i`` goes to cluster ``c``.
-    """
-
-    labels: Tensor
-    assign: Tensor
-    u: Tensor
-    v: Tensor
-
-
-def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: int = 0) -> CoarseTransport:
-    r"""Cluster the targets ``b`` into ``k`` clusters (k-means++, ``iterations`` Lloyd steps on
-    ``128 k`` of them) and send every source ``a_i`` to one cluster by the exact transport of unit
-    masses to the cluster means :math:`\mu_c` with capacities the cluster sizes (POT's network
-    simplex on the ``n x k`` cost :math:`|a_i - \mu_c|^2`; with unit supplies and integer
-    capacities its solution is integral). Restricted to plans uniform within each cluster, this is
-    the full problem: the mean squared distance to a cluster's points is the squared distance to
-    its mean plus a per-cluster constant, which fixed capacities make irrelevant.
-
-    Args:
-        a, b: ``(n, d)`` flattened source and target batches.
-    """
-    import ot
-
-    n = a.shape[0]
-    labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
-    capacity = torch.bincount(labels, minlength=k)
-    # the exact means of the final clusters (what the argument above needs)
-    centres = torch.zeros(k, b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, labels, b)
-    centres = centres / capacity.clamp_min(1).to(b.dtype)[:, None]
-    plan, log = ot.emd(np.ones(n), capacity.cpu().double().numpy(), _cpu_float64(squared_euclidean(a, centres)),
-                       numItermax=100_000_000, log=True)
-    assign = plan.argmax(1)
-    if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
-        raise RuntimeError("the coarse transport did not fill every cluster exactly; please report this")
-    return CoarseTransport(labels, torch.from_numpy(assign).to(a.device), torch.from_numpy(log["u"]), torch.from_numpy(log["v"]))
-
-
 def solve_multiscale(
     cost: Tensor | None,
     x0: Tensor,
@@ -599,7 +511,7 @@ def solve_multiscale(
     if leaf_size < 1 or iterations < 0 or sweeps < 0:
         raise ValueError(f"multiscale needs leaf_size >= 1, iterations >= 0 and sweeps >= 0; got {leaf_size}, {iterations}, {sweeps}")
     n = x0.shape[0]
-    a, b = _flat(x0), _flat(x1)
+    a, b = flat_features(x0), flat_features(x1)
     k = max(1, min(n, round(n / leaf_size)))
     coarse = coarse_transport(a, b, k, iterations, seed)
     labels, assign = coarse.labels, coarse.assign
