@@ -9,9 +9,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .costs import squared_euclidean
+from .costs import cpu_float64, squared_euclidean
 
-__all__ = ["kmeans", "coarse_transport", "CoarseTransport", "flat_features"]
+__all__ = ["kmeans", "cluster_means", "coarse_transport", "CoarseTransport", "flat_features"]
+
+
+def cluster_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(means (k, d), counts (k,))`` of the points ``x`` ``(n, d)`` in each of ``k`` clusters;
+    an empty cluster's mean is 0 (its count says so)."""
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    return sums / counts.clamp_min(1).to(x.dtype)[:, None], counts
 
 
 def kmeans(
@@ -42,9 +50,8 @@ def kmeans(
         labels = torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
         if step == iterations:
             break
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
-        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+        means, counts = cluster_means(x, labels, k)
+        centres = torch.where(counts[:, None] > 0, means, centres)
     return centres + mean, labels
 
 
@@ -88,12 +95,9 @@ def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: i
 
     n = a.shape[0]
     labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
-    capacity = torch.bincount(labels, minlength=k)
-    # the exact means of the final clusters (what the argument above needs)
-    centres = torch.zeros(k, b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, labels, b)
-    centres = centres / capacity.clamp_min(1).to(b.dtype)[:, None]
-    plan, log = ot.emd(np.ones(n), capacity.cpu().double().numpy(), squared_euclidean(a, centres).detach().to("cpu", torch.float64).numpy(),
-                       numItermax=100_000_000, log=True)
+    centres, capacity = cluster_means(b, labels, k)  # the exact means of the final clusters (the argument above)
+    coarse = cpu_float64(squared_euclidean(a, centres))
+    plan, log = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000, log=True)
     assign = plan.argmax(1)
     if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
         raise RuntimeError("the coarse transport did not fill every cluster exactly; please report this")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,6 +50,11 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
         cost.mul_(-2.0)
     cost.add_((a * a).sum(1, keepdim=True)).add_((b * b).sum(1)[None, :])
     return cost.clamp_min_(0.0)
+
+
+def cpu_float64(cost: Tensor) -> np.ndarray:
+    """A cost matrix as a contiguous float64 NumPy array on the CPU (what POT and scipy solve)."""
+    return np.ascontiguousarray(cost.detach().to("cpu", torch.float64).numpy())
 
 
 def label_mismatch(c0: Tensor, c1: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .clusters import coarse_transport, flat_features, kmeans
-from .costs import squared_euclidean
+from .costs import cpu_float64, squared_euclidean
 
 __all__ = [
     "SOLVERS",
@@ -104,10 +104,6 @@ def check_permutation(perm: Tensor, n: int, method: str) -> Tensor:
     return perm
 
 
-def _cpu_float64(cost: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(cost.detach().to("cpu", torch.float64).numpy())
-
-
 def _from_numpy(perm: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.asarray(perm, dtype=np.int64)).to(device)
 
@@ -122,7 +118,7 @@ def _emd(cost: Tensor, max_iter: int, threads: int) -> np.ndarray:
 
     n = cost.shape[0]
     w = np.full(n, 1.0 / n)
-    plan, log = ot.emd(w, w, _cpu_float64(cost), numItermax=max_iter, numThreads=threads, log=True)
+    plan, log = ot.emd(w, w, cpu_float64(cost), numItermax=max_iter, numThreads=threads, log=True)
     if log.get("result_code", 1) != 1:
         raise RuntimeError(f"exact OT (ot.emd) did not converge: {log.get('warning')}; raise max_iter (now {max_iter})")
     return plan
@@ -148,7 +144,7 @@ def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
     """Exact assignment by scipy's ``linear_sum_assignment`` (Jonker-Volgenant), CPU, float64."""
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(_cpu_float64(cost))
+    rows, cols = linear_sum_assignment(cpu_float64(cost))
     perm = np.empty(cost.shape[0], dtype=np.int64)
     perm[rows] = cols
     return Solution(_from_numpy(perm, cost.device))
@@ -516,17 +512,18 @@ def solve_multiscale(
     coarse = coarse_transport(a, b, k, iterations, seed)
     labels, assign = coarse.labels, coarse.assign
     perm = torch.empty(n, dtype=torch.long, device=x0.device)
-    for c in range(k):
-        rows, cols = torch.nonzero(assign == c).flatten(), torch.nonzero(labels == c).flatten()
+
+    def match(rows: Tensor, cols: Tensor) -> None:  # sources ``rows`` take targets ``cols`` exactly
         if rows.numel():
             perm[rows] = cols[solve_exact(squared_euclidean(a[rows], b[cols]), a[rows], b[cols]).perm]
+
+    for c in range(k):
+        match(torch.nonzero(assign == c).flatten(), torch.nonzero(labels == c).flatten())
     for sweep in range(sweeps):
         blocks = kmeans(a, k, iterations, torch.Generator().manual_seed(seed + 1 + sweep), sample=128 * k)[1]
         for c in range(k):
             rows = torch.nonzero(blocks == c).flatten()
-            if rows.numel() > 1:
-                cols = perm[rows]
-                perm[rows] = cols[solve_exact(squared_euclidean(a[rows], b[cols]), a[rows], b[cols]).perm]
+            match(rows, perm[rows])
     return Solution(check_permutation(perm, n, "multiscale"), iterations=iterations)
 
 
