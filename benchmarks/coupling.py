@@ -126,6 +126,18 @@ def run_peer(name: str, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tenso
     raise ValueError(name)
 
 
+def option_value(text: str) -> bool | int | float | str:
+    """``True``/``False``, an int, a float, or else the text, from a ``name:key=value`` method option."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def timed(fn, device: torch.device, repeat: int):
     """Best wall time of ``repeat`` runs (fewer once the runs have taken 2 s), in ms, and the output."""
     best, out, spent = float("inf"), None, 0.0
@@ -196,7 +208,7 @@ def main() -> None:
                         spec, _, cost_dtype = name.partition("@")
                         spec, _, given = spec.partition(":")
                         method, _, plan = spec.partition("/")
-                        options = {k: float(v) if "." in v else int(v) for k, v in (o.split("=") for o in given.split(",") if o)}
+                        options = {k: option_value(v) for k, v in (o.split("=") for o in given.split(",") if o)}
                         coupler = OTCoupler(method, plan_sampler=plan == "plan", cost_dtype=cost_dtype or None, **options)
 
                         def match():

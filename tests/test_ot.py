@@ -127,6 +127,59 @@ def test_single_precision_lapjv_finds_the_optimum():
     assert float(cost64[torch.arange(300), perm].sum()) == pytest.approx(ref, rel=1e-6)
 
 
+def test_reduced_cost_is_the_cost_less_row_and_column_potentials():
+    x0, x1 = clouds(50, 40, seed=9, shift=2.0)
+    full = squared_euclidean(x0, x1, torch.float64)
+    reduced = squared_euclidean(x0, x1, torch.float64, reduced=True)
+    centre = 0.5 * (x0.double().mean(0) + x1.double().mean(0))
+    norms0, norms1 = (x0.double() - centre).square().sum(1), (x1.double() - centre).square().sum(1)
+    assert torch.allclose(reduced + norms0[:, None] + norms1[None, :], full, rtol=1e-12, atol=1e-9)
+
+
+def mixture(n, d, seed):
+    """Gaussian sources, targets in 8 tight clusters: the case where LAPJV's orientation matters."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 3.0 * torch.randn(8, d, generator=g)
+    return torch.randn(n, d, generator=g), centres[torch.randint(0, 8, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("transpose", [None, True, False])
+@pytest.mark.parametrize("row_potential", ["mean", "min"])
+def test_lapjv_is_exact_in_either_orientation(transpose, row_potential):
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    x0, x1 = mixture(300, 64, seed=10)
+    cost64 = squared_euclidean(x0, x1, torch.float64)
+    ref = float(cost64[torch.arange(300), OTCoupler("lsa", cost_dtype="float64").match(x0, x1)].sum())
+    perm = OTCoupler("exact", transpose=transpose, row_potential=row_potential).match(x0, x1)
+    assert is_permutation(perm, 300)
+    assert float(cost64[torch.arange(300), perm].sum()) == pytest.approx(ref, rel=1e-6)
+
+
+def test_unknown_row_potential_is_an_error():
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    x0, x1 = clouds(20, 64)
+    with pytest.raises(ValueError, match="row_potential"):
+        OTCoupler("exact", row_potential="median").match(x0, x1)
+
+
+def test_lapjv_puts_clustered_targets_on_the_rows(monkeypatch):
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    import lapjv
+
+    seen = []
+    solve = lapjv.lapjv
+    monkeypatch.setattr(lapjv, "lapjv", lambda cost: seen.append(cost.copy()) or solve(cost))
+    x0, x1 = mixture(256, 64, seed=11)
+    for a, b in ((x0, x1), (x1, x0)):  # clustered targets, then clustered sources
+        OTCoupler("exact").match(a, b)
+    cost = squared_euclidean(x0, x1)
+    assert torch.allclose(torch.from_numpy(seen[0]), (cost - cost.mean(0)).T, atol=1e-3)  # targets as rows
+    assert torch.allclose(torch.from_numpy(seen[1]), cost.T - cost.T.mean(1, keepdim=True), atol=1e-3)  # as given
+
+
 def test_unknown_cost_dtype_is_an_error():
     with pytest.raises(ValueError, match="cost_dtype"):
         OTCoupler("exact", cost_dtype="float16")
