@@ -192,7 +192,8 @@ class OTCoupler:
         if self.method in POINT_METHODS:
             cost = None
         else:
-            reduced = self.method in SHIFT_INVARIANT and self.cost_dtype == "bfloat16"
+            # the cluster warm start's duals are those of the full cost: keep the norms for it
+            reduced = self.method in SHIFT_INVARIANT and self.cost_dtype == "bfloat16" and not self.options.get("clusters")
             cost = self.cost_matrix(x0, x1, c0, c1, reduced)
         if not self.plan_sampler:
             return SOLVERS[self.method](cost, x0, x1, **self.options)
