@@ -174,8 +174,8 @@ def solve_lapjv(
       10% margin (it costs a copy). Clustered targets send every column of a cluster to the same
       few sources; with the targets as rows LAPJV is 3-5x faster on an 8-cluster mixture and
       1.3x on digit images. ``min`` is 1.3-2x faster than ``mean`` on bfloat16 costs of Gaussian
-      clouds and digit images, but 2-2.5x slower on the mixture and on float32 costs (LAPJV's
-      time on the four variants: ``docs/coupling.md``), so it is opt-in;
+      clouds and digit images, but 2.1-2.5x slower on the mixture, and mostly slower on float32
+      costs (LAPJV's time on the four variants: ``docs/coupling.md``), so it is opt-in;
     - or, with ``clusters = k > 1`` and the points given, by the dual potentials of the
       :func:`coarse_transport` of the sources to ``k`` clusters of the targets
       (``C_ij - u_i - v_c(j)``), in the cost's orientation.
