@@ -156,6 +156,18 @@ def test_lapjv_is_exact_in_either_orientation(transpose, row_potential):
     assert float(cost64[torch.arange(300), perm].sum()) == pytest.approx(ref, rel=1e-6)
 
 
+@pytest.mark.parametrize("transpose", [True, False])
+def test_lapjv_leaves_its_input_unchanged(transpose):
+    if not HAS_LAPJV:
+        pytest.skip("lapjv not installed")
+    x0, x1 = mixture(64, 32, seed=12)
+    cost = squared_euclidean(x1, x0).T  # a transposed view, whose transpose is contiguous
+    kept = cost.clone()
+    for potential in ("mean", "min"):
+        SOLVERS["lapjv"](cost, transpose=transpose, row_potential=potential)
+    assert torch.equal(cost, kept)
+
+
 def test_unknown_row_potential_is_an_error():
     if not HAS_LAPJV:
         pytest.skip("lapjv not installed")

@@ -33,7 +33,8 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
             points) and return :math:`-2 a_i^\top b_j`: not the cost, but the same optimal
             assignment (a permutation pays every row's and column's potential once), two passes
             over the ``n x m`` matrix fewer, and no cancellation. What the coupler gives the
-            assignment solvers under ``cost_dtype="bfloat16"`` (:data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT`).
+            assignment solvers under ``cost_dtype="bfloat16"``
+            (:data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT`).
 
     Returns:
         ``(n, m)`` cost matrix on the inputs' device (float32 for bfloat16), clamped at 0 unless

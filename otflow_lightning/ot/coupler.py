@@ -180,8 +180,8 @@ class OTCoupler:
         """``(n, n)`` cost the solver minimises: squared Euclidean, plus the weighted label term.
 
         ``reduced=True`` leaves out the points' squared norms (``squared_euclidean(reduced=True)``):
-        the same optimal assignment, what the methods in :data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT` are given
-        with ``cost_dtype="bfloat16"``.
+        the same optimal assignment; what the methods in
+        :data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT` are given with ``cost_dtype="bfloat16"``.
         """
         cost = squared_euclidean(x0, x1, self.cost_dtype, reduced)
         if c0 is not None and self.label_weight is not None:

@@ -182,7 +182,8 @@ def solve_lapjv(
 
     Args:
         clusters, seed: the cluster warm start; ``seed`` also draws the sampled columns.
-        transpose: solve the transposed cost (``None``: choose as above).
+        transpose: solve the transposed cost (``None``: choose as above; the cluster warm start
+            solves the cost as given and ignores ``transpose`` and ``row_potential``).
         row_potential: ``"mean"`` or ``"min"``.
     """
     from lapjv import lapjv
@@ -197,11 +198,15 @@ def solve_lapjv(
         cost = cost - coarse.u.to(cost.dtype)[:, None] - coarse.v.to(cost.dtype)[coarse.labels.cpu()][None, :]
         transpose = False
     else:
-        means = cost.mean(1, keepdim=True), cost.mean(0, keepdim=True).T  # of the rows and of the columns
+        row_mean, col_mean = cost.mean(1, keepdim=True), cost.mean(0, keepdim=True).T
         if transpose is None:  # a 10% margin, as the transpose costs a copy
-            transpose = _distinct_column_minima(cost.T, means[1], seed) > 1.1 * _distinct_column_minima(cost, means[0], seed)
-        matrix = cost.T.contiguous() if transpose else cost  # rows are the targets when transposed
-        u = matrix.amin(1, keepdim=True) if row_potential == "min" else means[transpose]
+            transpose = _distinct_column_minima(cost.T, col_mean, seed) > 1.1 * _distinct_column_minima(cost, row_mean, seed)
+        # rows are the targets when transposed; either way a contiguous copy, the input is kept
+        matrix = cost.T.clone(memory_format=torch.contiguous_format) if transpose else cost
+        if row_potential == "min":
+            u = matrix.amin(1, keepdim=True)
+        else:
+            u = col_mean if transpose else row_mean
         cost = matrix.sub_(u) if transpose else matrix - u
     rows, cols = lapjv(np.ascontiguousarray(cost.numpy()))[:2]
     # transposed, lapjv's column solution holds the sources' targets
