@@ -41,13 +41,8 @@ Draw = Callable[[int, torch.Generator], Tensor]
 
 
 def _all_gather(x: Tensor, device: torch.device) -> Tensor:
-    """Concatenate ``x`` (same shape on every rank) over all ranks, in rank order; a no-op without DDP."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    x = x.to(device)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x)
-    return torch.cat(parts).cpu()
+    """:func:`gather` of a CPU tensor through ``device`` (NCCL gathers CUDA tensors only), back on the CPU."""
+    return gather(x.to(device)).cpu() if world_size() > 1 else x
 
 
 class OnlineCoupling:
