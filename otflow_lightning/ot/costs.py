@@ -49,11 +49,11 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
     work = torch.float32 if dtype == torch.bfloat16 else dtype
     a, b = a.to(work), b.to(work)
     centre = 0.5 * (a.mean(0) + b.mean(0))
-    a, b = a - centre, b - centre
-    cost = ((-2.0 * a).to(dtype) @ b.to(dtype).T).to(work)  # -2 is exact in every dtype
+    a2, b = torch.add(2.0 * centre, a, alpha=-2.0), b - centre  # -2 (a - centre): scaling by 2 is exact
+    cost = (a2.to(dtype) @ b.to(dtype).T).to(work)
     if reduced:
         return cost
-    cost.add_((a * a).sum(1, keepdim=True)).add_((b * b).sum(1)[None, :])
+    cost.add_((a2 * a2).sum(1, keepdim=True).mul_(0.25)).add_((b * b).sum(1)[None, :])
     return cost.clamp_min_(0.0)
 
 

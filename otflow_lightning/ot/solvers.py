@@ -151,72 +151,37 @@ def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(_from_numpy(perm, cost.device))
 
 
-def solve_lapjv(
-    cost: Tensor,
-    x0: Tensor | None = None,
-    x1: Tensor | None = None,
-    clusters: int = 0,
-    seed: int = 0,
-    transpose: bool | None = None,
-    row_potential: str = "mean",
-) -> Solution:
-    """Exact assignment by the ``lapjv`` package (AVX2 Jonker-Volgenant), CPU.
+def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, clusters: int = 0, seed: int = 0) -> Solution:
+    r"""Exact assignment by the ``lapjv`` package (AVX2 Jonker-Volgenant), CPU.
 
     A float32 cost is solved in float32 (twice the SIMD width: 2x faster at n=4096; gap closed
     1.0000 against a float64 solve on every benchmark batch), any other in float64. The cost is
     first reduced by potentials, which leaves the optimal assignment unchanged (a permutation
     pays every row's and column's potential once) and decides how near to it LAPJV's column
-    reduction (each column to its cheapest row) starts:
+    reduction (each column to its cheapest row) starts: each column less its mean
+    :math:`v_j = \frac1n \sum_i C_{ij}`, then each row less its minimum
+    :math:`u_i = \min_j (C_{ij} - v_j)`, a feasible dual pair with a zero in every row. Against the
+    row mean alone this made LAPJV 1.5-2.3x faster on Gaussian clouds and digit images and 3-5x on
+    an 8-cluster mixture (n=1024-4096, d=784-3072), where every target of a cluster otherwise has
+    the same few sources as its cheapest (LAPJV's time per reduction: ``docs/coupling.md``).
 
-    - each row less its ``row_potential``, ``mean`` (default) or ``min``, on the cost or its
-      transpose (the targets as rows): by default (``transpose=None``) the one whose row-mean
-      reduction sends more of 256 sampled columns to distinct rows, the transpose only if by a
-      10% margin (it costs a copy). Clustered targets send every column of a cluster to the same
-      few sources; with the targets as rows LAPJV is 3-5x faster on an 8-cluster mixture and
-      1.3x on digit images. ``min`` is 1.3-2x faster than ``mean`` on bfloat16 costs of Gaussian
-      clouds and digit images, but 2.1-2.5x slower on the mixture, and mostly slower on float32
-      costs (LAPJV's time on the four variants: ``docs/coupling.md``), so it is opt-in;
-    - or, with ``clusters = k > 1`` and the points given, by the dual potentials of the
-      :func:`coarse_transport` of the sources to ``k`` clusters of the targets
-      (``C_ij - u_i - v_c(j)``), in the cost's orientation.
-
-    Args:
-        clusters, seed: the cluster warm start; ``seed`` also draws the sampled columns.
-        transpose: solve the transposed cost (``None``: choose as above; the cluster warm start
-            solves the cost as given and ignores ``transpose`` and ``row_potential``).
-        row_potential: ``"mean"`` or ``"min"``.
+    With ``clusters = k > 1`` and the points given, the cost is reduced instead by the dual
+    potentials of the :func:`coarse_transport` of the sources to ``k`` clusters of the targets
+    (``C_ij - u_i - v_c(j)``; ``seed`` seeds the k-means).
     """
     from lapjv import lapjv
 
-    if row_potential not in ("mean", "min"):
-        raise ValueError(f"row_potential must be 'mean' or 'min', got {row_potential!r}")
     cost = cost.detach().cpu()
     if cost.dtype != torch.float32:
         cost = cost.double()
     if clusters > 1 and x0 is not None and x1 is not None:
         coarse = coarse_transport(flat_features(x0), flat_features(x1), clusters, seed=seed)
         cost = cost - coarse.u.to(cost.dtype)[:, None] - coarse.v.to(cost.dtype)[coarse.labels.cpu()][None, :]
-        transpose = False
     else:
-        row_mean, col_mean = cost.mean(1, keepdim=True), cost.mean(0, keepdim=True).T
-        if transpose is None:  # a 10% margin, as the transpose costs a copy
-            transpose = _distinct_column_minima(cost.T, col_mean, seed) > 1.1 * _distinct_column_minima(cost, row_mean, seed)
-        # rows are the targets when transposed; either way a contiguous copy, the input is kept
-        matrix = cost.T.clone(memory_format=torch.contiguous_format) if transpose else cost
-        if row_potential == "min":
-            u = matrix.amin(1, keepdim=True)
-        else:
-            u = col_mean if transpose else row_mean
-        cost = matrix.sub_(u) if transpose else matrix - u
-    rows, cols = lapjv(np.ascontiguousarray(cost.numpy()))[:2]
-    # transposed, lapjv's column solution holds the sources' targets
-    return Solution(check_permutation(_from_numpy(cols if transpose else rows, cost.device), cost.shape[0], "lapjv"))
-
-
-def _distinct_column_minima(cost: Tensor, row_mean: Tensor, seed: int, sample: int = 256) -> int:
-    """Distinct rows among the cheapest rows of ``sample`` random columns, each row less its mean."""
-    cols = torch.randperm(cost.shape[1], generator=torch.Generator().manual_seed(seed))[:sample]
-    return int((cost[:, cols] - row_mean).argmin(0).unique().numel())
+        cost = cost - cost.mean(0, keepdim=True)  # a new tensor: the caller's cost is kept
+        cost.sub_(cost.amin(1, keepdim=True))
+    perm = lapjv(np.ascontiguousarray(cost.numpy()))[0]
+    return Solution(check_permutation(_from_numpy(perm, cost.device), cost.shape[0], "lapjv"))
 
 
 def solve_exact(
@@ -225,8 +190,6 @@ def solve_exact(
     x1: Tensor | None = None,
     clusters: int = 0,
     seed: int = 0,
-    transpose: bool | None = None,
-    row_potential: str = "mean",
     **options,
 ) -> Solution:
     """Exact assignment with the fastest exact CPU solver for the data's dimension.
@@ -234,14 +197,13 @@ def solve_exact(
     ``emd`` (network simplex) for up to ``LOW_DIM`` features, where costs are clustered and the
     simplex needs few pivots; ``lapjv`` above, where Gaussian-like costs favour Jonker-Volgenant
     (scipy's slower Jonker-Volgenant where the optional ``lapjv`` package is not installed).
-    ``clusters``/``seed`` set ``lapjv``'s cluster warm start, ``transpose`` and ``row_potential``
-    its reduction (speed options, used only on that path); other options go to ``emd``
-    (``max_iter``, ``threads``).
+    ``clusters``/``seed`` set ``lapjv``'s cluster warm start (a speed option, used only on that
+    path); other options go to ``emd`` (``max_iter``, ``threads``).
     """
     features = LOW_DIM if x0 is None else x0[0].numel()
     if features <= LOW_DIM:
         return solve_emd(cost, **options)
-    return solve_lapjv(cost, x0, x1, clusters, seed, transpose, row_potential) if HAS_LAPJV else solve_lsa(cost)
+    return solve_lapjv(cost, x0, x1, clusters, seed) if HAS_LAPJV else solve_lsa(cost)
 
 
 def repair_permutation(assigned: Tensor) -> Tensor:
