@@ -13,7 +13,7 @@ drawn from the method's transport plan (``sinkhorn/plan``: the entropic plan unr
 fall below the optimum of a bijection and their gap closed can exceed 1. A method written
 ``name@dtype`` computes its cost matrix in that precision (``OTCoupler(name, cost_dtype=dtype)``;
 ``exact@bfloat16``: inner products in bfloat16, then the exact assignment of that cost), and
-``name:key=value,...`` passes solver options (``exact:clusters=8``: LAPJV's cluster warm start).
+``name:key=value,...`` passes solver options (``multiscale:leaf_size=256,sweeps=1``).
 
     python benchmarks/coupling.py                                     # CPU table
     python benchmarks/coupling.py --data gaussian moons --n 256 1024 --d 2 784 \\

@@ -120,8 +120,7 @@ class OTCoupler:
             in every measured case (``docs/coupling.md``). The point methods (``bsp``,
             ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
-            ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``, ``clusters`` for the
-            cluster warm start of ``exact``/``lapjv``).
+            ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``).
 
     Example:
         >>> coupler = OTCoupler("exact")
@@ -192,8 +191,7 @@ class OTCoupler:
         if self.method in POINT_METHODS:
             cost = None
         else:
-            # the cluster warm start's duals are those of the full cost: keep the norms for it
-            reduced = self.method in SHIFT_INVARIANT and self.cost_dtype == "bfloat16" and not self.options.get("clusters")
+            reduced = self.method in SHIFT_INVARIANT and self.cost_dtype == "bfloat16"
             cost = self.cost_matrix(x0, x1, c0, c1, reduced)
         if not self.plan_sampler:
             return SOLVERS[self.method](cost, x0, x1, **self.options)

@@ -151,7 +151,7 @@ def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(_from_numpy(perm, cost.device))
 
 
-def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, clusters: int = 0, seed: int = 0) -> Solution:
+def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Solution:
     r"""Exact assignment by the ``lapjv`` package (AVX2 Jonker-Volgenant), CPU.
 
     A float32 cost is solved in float32 (twice the SIMD width: 2x faster at n=4096; gap closed
@@ -164,46 +164,32 @@ def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     row mean alone this made LAPJV 1.5-2.3x faster on Gaussian clouds and digit images and 3-5x on
     an 8-cluster mixture (n=1024-4096, d=784-3072), where every target of a cluster otherwise has
     the same few sources as its cheapest (LAPJV's time per reduction: ``docs/coupling.md``).
-
-    With ``clusters = k > 1`` and the points given, the cost is reduced instead by the dual
-    potentials of the :func:`coarse_transport` of the sources to ``k`` clusters of the targets
-    (``C_ij - u_i - v_c(j)``; ``seed`` seeds the k-means).
     """
     from lapjv import lapjv
 
     cost = cost.detach().cpu()
     if cost.dtype != torch.float32:
         cost = cost.double()
-    if clusters > 1 and x0 is not None and x1 is not None:
-        coarse = coarse_transport(flat_features(x0), flat_features(x1), clusters, seed=seed)
-        cost = cost - coarse.u.to(cost.dtype)[:, None] - coarse.v.to(cost.dtype)[coarse.labels.cpu()][None, :]
-    else:
-        cost = cost - cost.mean(0, keepdim=True)  # a new tensor: the caller's cost is kept
-        cost.sub_(cost.amin(1, keepdim=True))
+    cost = cost - cost.mean(0, keepdim=True)  # a new tensor: the caller's cost is kept
+    cost.sub_(cost.amin(1, keepdim=True))
     perm = lapjv(np.ascontiguousarray(cost.numpy()))[0]
     return Solution(check_permutation(_from_numpy(perm, cost.device), cost.shape[0], "lapjv"))
 
 
-def solve_exact(
-    cost: Tensor,
-    x0: Tensor | None = None,
-    x1: Tensor | None = None,
-    clusters: int = 0,
-    seed: int = 0,
-    **options,
-) -> Solution:
+def solve_exact(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, **options) -> Solution:
     """Exact assignment with the fastest exact CPU solver for the data's dimension.
 
     ``emd`` (network simplex) for up to ``LOW_DIM`` features, where costs are clustered and the
     simplex needs few pivots; ``lapjv`` above, where Gaussian-like costs favour Jonker-Volgenant
     (scipy's slower Jonker-Volgenant where the optional ``lapjv`` package is not installed).
-    ``clusters``/``seed`` set ``lapjv``'s cluster warm start (a speed option, used only on that
-    path); other options go to ``emd`` (``max_iter``, ``threads``).
+    Options go to ``emd`` (``max_iter``, ``threads``); ``lapjv`` takes none.
     """
+    if unknown := sorted(options.keys() - {"max_iter", "threads"}):
+        raise TypeError(f"'exact' takes the options max_iter and threads (of its network simplex), not {unknown}")
     features = LOW_DIM if x0 is None else x0[0].numel()
     if features <= LOW_DIM:
         return solve_emd(cost, **options)
-    return solve_lapjv(cost, x0, x1, clusters, seed) if HAS_LAPJV else solve_lsa(cost)
+    return solve_lapjv(cost) if HAS_LAPJV else solve_lsa(cost)
 
 
 def repair_permutation(assigned: Tensor) -> Tensor:
