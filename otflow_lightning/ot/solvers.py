@@ -161,7 +161,7 @@ def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     reduction (each column to its cheapest row) starts: each column less its mean
     :math:`v_j = \frac1n \sum_i C_{ij}`, then each row less its minimum
     :math:`u_i = \min_j (C_{ij} - v_j)`, a feasible dual pair with a zero in every row. Against the
-    row mean alone this made LAPJV 1.5-2.3x faster on Gaussian clouds and digit images and 3-5x on
+    row mean alone this made LAPJV 1.4-2.3x faster on Gaussian clouds and digit images and 3-5x on
     an 8-cluster mixture (n=1024-4096, d=784-3072), where every target of a cluster otherwise has
     the same few sources as its cheapest (LAPJV's time per reduction: ``docs/coupling.md``).
     """
