@@ -167,13 +167,14 @@ def solve_lapjv(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     """
     from lapjv import lapjv
 
-    cost = cost.detach().cpu()
+    device = cost.device
+    cost = cost.detach()
     if cost.dtype != torch.float32:
         cost = cost.double()
-    cost = cost - cost.mean(0, keepdim=True)  # a new tensor: the caller's cost is kept
+    cost = cost - cost.mean(0, keepdim=True)  # on the cost's device; a new tensor: the caller's is kept
     cost.sub_(cost.amin(1, keepdim=True))
-    perm = lapjv(np.ascontiguousarray(cost.numpy()))[0]
-    return Solution(check_permutation(_from_numpy(perm, cost.device), cost.shape[0], "lapjv"))
+    perm = lapjv(np.ascontiguousarray(cost.cpu().numpy()))[0]
+    return Solution(check_permutation(_from_numpy(perm, device), cost.shape[0], "lapjv"))
 
 
 def solve_exact(cost: Tensor, x0: Tensor | None = None, x1: Tensor | None = None, **options) -> Solution:

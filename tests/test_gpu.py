@@ -1,0 +1,25 @@
+"""The coupling engine on a CUDA device: results stay on the inputs' device. Skipped without a GPU."""
+
+import pytest
+import torch
+
+from otflow_lightning.ot import SOLVERS, OTCoupler, pair_cost
+from otflow_lightning.ot.solvers import POINT_METHODS
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("method", sorted(SOLVERS))
+@pytest.mark.parametrize("cost_dtype", [None, "bfloat16"])
+def test_every_method_returns_a_permutation_on_the_device(method, cost_dtype):
+    if cost_dtype is not None and method in POINT_METHODS:
+        pytest.skip("point methods build no cost matrix")
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = (torch.randn(512, 96, generator=g).cuda() for _ in range(2))
+    coupling = OTCoupler(method, cost_dtype=cost_dtype).couple(x0, x1)
+    assert coupling.perm.device == x0.device
+    assert torch.equal(coupling.perm.sort().values, torch.arange(512, device=x0.device))
+    optimum = pair_cost(x0, x1[OTCoupler("lsa", cost_dtype="float64").match(x0, x1)]).sum()
+    independent = pair_cost(x0, x1).sum()
+    gap = float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum))
+    assert gap >= (0.0 if method == "independent" else 0.9)
