@@ -8,6 +8,9 @@ from otflow_lightning.ot.solvers import POINT_METHODS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+# gap closed on this batch (Gaussian clouds, n=512, d=96), as measured on the CPU
+FLOOR = {"independent": 0.0, "bsp": 0.6, "sinkhorn": 0.98, "auction": 0.99}
+
 
 @pytest.mark.parametrize("method", sorted(SOLVERS))
 @pytest.mark.parametrize("cost_dtype", [None, "bfloat16"])
@@ -22,4 +25,4 @@ def test_every_method_returns_a_permutation_on_the_device(method, cost_dtype):
     optimum = pair_cost(x0, x1[OTCoupler("lsa", cost_dtype="float64").match(x0, x1)]).sum()
     independent = pair_cost(x0, x1).sum()
     gap = float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum))
-    assert gap >= (0.0 if method == "independent" else 0.9)
+    assert gap >= FLOOR.get(method, 0.9999)  # the exact methods: 1, or 0.99998 on the bfloat16 cost
