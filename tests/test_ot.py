@@ -181,6 +181,12 @@ def test_unknown_exact_option_is_an_error():
         OTCoupler("exact", clusters=8).match(x0, x1)
 
 
+@pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
+def test_label_weight_must_be_finite_and_non_negative(weight):
+    with pytest.raises(ValueError, match="label_weight must be a finite number >= 0, or None"):
+        OTCoupler("exact", label_weight=weight)
+
+
 def test_unknown_cost_dtype_is_an_error():
     with pytest.raises(ValueError, match="cost_dtype"):
         OTCoupler("exact", cost_dtype="float16")

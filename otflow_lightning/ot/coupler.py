@@ -157,8 +157,10 @@ class OTCoupler:
             raise ValueError(f"method {method!r} works on the points and builds no cost matrix: leave cost_dtype unset")
         if on_failure not in POLICIES:
             raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
-        if label_weight is not None and not label_weight >= 0:
-            raise ValueError(f"label_weight must be >= 0 or None (strict per-label matching), got {label_weight}")
+        if label_weight is not None and not 0 <= label_weight < float("inf"):
+            raise ValueError(
+                f"label_weight must be a finite number >= 0, or None for strict per-label matching, got {label_weight}"
+            )
         if label_weight is not None and method in POINT_METHODS:
             raise ValueError(
                 f"method {method!r} solves on the points and cannot add a label cost: use label_weight=None "
