@@ -1,9 +1,7 @@
-"""Clusters of a batch for the multiscale solvers: k-means, and the exact transport of the sources
-to the target clusters (used by ``multiscale`` and by the cluster warm start of ``lapjv``)."""
+"""Clusters of a batch for the ``multiscale`` solver: k-means, and the exact transport of the sources
+to the target clusters."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,7 +9,7 @@ from torch import Tensor
 
 from .costs import cpu_float64, squared_euclidean
 
-__all__ = ["kmeans", "cluster_means", "coarse_transport", "CoarseTransport", "flat_features"]
+__all__ = ["kmeans", "cluster_means", "coarse_transport", "flat_features"]
 
 
 def cluster_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -61,25 +59,7 @@ def flat_features(x: Tensor) -> Tensor:
     return x.float() if x.shape[1] > 64 else x
 
 
-@dataclass
-class CoarseTransport:
-    """Targets clustered, and the exact transport of the sources to the clusters (:func:`coarse_transport`).
-
-    Attributes:
-        labels: ``(n,)`` cluster of each target.
-        assign: ``(n,)`` cluster each source is sent to (cluster ``c`` receives as many sources as it holds targets).
-        u: ``(n,)`` dual potential of each source, float64.
-        v: ``(k,)`` dual potential of each cluster, float64: ``u_i + v_c <= |x0_i - mu_c|^2``, with
-            equality where source ``i`` goes to cluster ``c``.
-    """
-
-    labels: Tensor
-    assign: Tensor
-    u: Tensor
-    v: Tensor
-
-
-def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: int = 0) -> CoarseTransport:
+def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: int = 0) -> tuple[Tensor, Tensor]:
     r"""Cluster the targets ``b`` into ``k`` clusters (k-means++, ``iterations`` Lloyd steps on
     ``128 k`` of them) and send every source ``a_i`` to one cluster by the exact transport of unit
     masses to the cluster means :math:`\mu_c` with capacities the cluster sizes (POT's network
@@ -90,6 +70,10 @@ def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: i
 
     Args:
         a, b: ``(n, d)`` flattened source and target batches.
+
+    Returns:
+        ``(labels, assign)``: ``(n,)`` cluster of each target, and ``(n,)`` cluster each source is
+        sent to (cluster ``c`` receives as many sources as it holds targets).
     """
     import ot
 
@@ -97,8 +81,8 @@ def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: i
     labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
     centres, capacity = cluster_means(b, labels, k)  # the exact means of the final clusters (the argument above)
     coarse = cpu_float64(squared_euclidean(a, centres))
-    plan, log = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000, log=True)
+    plan = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000)
     assign = plan.argmax(1)
     if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):
         raise RuntimeError("the coarse transport did not fill every cluster exactly; please report this")
-    return CoarseTransport(labels, torch.from_numpy(assign).to(a.device), torch.from_numpy(log["u"]), torch.from_numpy(log["v"]))
+    return labels, torch.from_numpy(assign).to(a.device)

@@ -509,8 +509,7 @@ def solve_multiscale(
     n = x0.shape[0]
     a, b = flat_features(x0), flat_features(x1)
     k = max(1, min(n, round(n / leaf_size)))
-    coarse = coarse_transport(a, b, k, iterations, seed)
-    labels, assign = coarse.labels, coarse.assign
+    labels, assign = coarse_transport(a, b, k, iterations, seed)
     perm = torch.empty(n, dtype=torch.long, device=x0.device)
 
     def match(rows: Tensor, cols: Tensor) -> None:  # sources ``rows`` take targets ``cols`` exactly
