@@ -178,7 +178,7 @@ def main() -> None:
     params = sum(p.numel() for p in module.parameters())
     print(f"\nevaluation cost: {name} ({params / 1e6:.2f}M parameters), data shape {shape}, device {device}, "
           f"torch {torch.__version__}, {args.threads} thread(s)\n")
-    print(f"| component | samples timed | seconds | seconds per 10k samples |\n|---|---:|---:|---:|")
+    print("| component | samples timed | seconds | seconds per 10k samples |\n|---|---:|---:|---:|")
     for component, n, seconds in rows:  # n None: a cost that does not scale linearly
         per_10k = "-" if n is None else f"{seconds * 10_000 / n:.3f}"
         print(f"| {component} | {n or '-'} | {seconds:.3f} | {per_10k} |")

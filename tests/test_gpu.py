@@ -26,3 +26,14 @@ def test_every_method_returns_a_permutation_on_the_device(method, cost_dtype):
     independent = pair_cost(x0, x1).sum()
     gap = float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum))
     assert gap >= FLOOR.get(method, 0.9999)  # the exact methods: 1, or 0.99998 on the bfloat16 cost
+
+
+@pytest.mark.parametrize("n, method", [(256, "exact"), (1024, "auction")])
+def test_auto_picks_the_gpu_solver_for_large_batches(n, method):
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = (torch.randn(n, 256, generator=g).cuda() for _ in range(2))
+    coupling = OTCoupler("auto").couple(x0, x1)
+    assert coupling.method == method and coupling.perm.device == x0.device
+    optimum = pair_cost(x0, x1[OTCoupler("lsa", cost_dtype="float64").match(x0, x1)]).sum()
+    independent = pair_cost(x0, x1).sum()
+    assert float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum)) >= FLOOR.get(method, 0.9999)

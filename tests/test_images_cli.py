@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import otflow_lightning.callbacks as callbacks

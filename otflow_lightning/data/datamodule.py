@@ -66,8 +66,10 @@ class OTPairDataModule(pl.LightningDataModule):
             ``mnist``, ``cifar10``, ``folder``; see :mod:`~otflow_lightning.data.images`) or a
             ``Dataset`` of tensors or ``(tensor, label)`` tuples.
         source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
-        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``exact``, ``auction``,
-            ``sinkhorn``, ``bsp``, ``independent``, ...) or an ``OTCoupler``; or ``online`` / an
+        coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``auto``, the default,
+            which picks the solver by batch size, dimension and device, see
+            :func:`~otflow_lightning.ot.auto_method`; ``exact``, ``auction``, ``sinkhorn``, ``bsp``,
+            ``independent``, ...) or an ``OTCoupler``; or ``online`` / an
             :class:`~otflow_lightning.ot.OnlineCoupling` for a persistent assignment keyed by
             dataset index (its bank is part of :meth:`state_dict`, so checkpoints carry it). An
             ``OTCoupler(..., plan_sampler=True)`` samples each noise's target from a transport plan
@@ -106,7 +108,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self,
         target: str | Dataset = "moons",
         source: str = "gaussian",
-        coupling: str | OTCoupler | OnlineCoupling = "exact",
+        coupling: str | OTCoupler | OnlineCoupling = "auto",
         batch_size: int = 256,
         val_target: Dataset | None = None,
         toy_size: int = 50_000,

@@ -2,7 +2,7 @@
 
 from .conditional import draw_source_labels
 from .costs import label_mismatch, pair_cost, squared_euclidean
-from .coupler import Coupling, OTCoupler, check_batch
+from .coupler import Coupling, OTCoupler, auto_method, check_batch
 from .distributed import couple_batch
 from .online import OnlineCoupling
 from .solvers import SOLVERS, Solution
@@ -13,6 +13,7 @@ __all__ = [
     "Coupling",
     "Solution",
     "SOLVERS",
+    "auto_method",
     "check_batch",
     "couple_batch",
     "draw_source_labels",

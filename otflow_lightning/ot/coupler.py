@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,10 +14,67 @@ from torch import Tensor
 from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
 from .solvers import PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, sample_plan
 
-__all__ = ["OTCoupler", "Coupling", "check_batch"]
+__all__ = ["OTCoupler", "Coupling", "check_batch", "auto_method"]
 
 log = logging.getLogger(__name__)
 POLICIES = ("raise", "warn")
+#: ``auto`` uses ``auction`` for CUDA batches of at least this many samples in more than 16 features
+AUTO_AUCTION_N = 1024
+#: ``auto`` uses ``multiscale`` for CPU batches of at least this many samples ...
+AUTO_MULTISCALE_N = 4096
+#: ... where it closes at least this fraction of the gap on half the batch (:func:`multiscale_trial`): the
+#: issue's 95% plus the trial's measured error near it (``benchmarks/auto_trial.py``)
+AUTO_MULTISCALE_GAP = 0.955
+
+
+@functools.cache
+def amx_available() -> bool:
+    """Whether this CPU has bfloat16 matrix units (Intel AMX), where a bfloat16 cost is 5-6x faster."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def multiscale_trial(x0: Tensor, x1: Tensor, sample: int = 2048, leaf_size: int = 512) -> float:
+    """Gap closed by ``multiscale`` on ``sample`` random pairs of the batch, with as many clusters
+    as it would use on the whole batch: ``(C_independent - C) / (C_independent - C_optimal)``.
+
+    Where the whole batch's gap was 94-97%, the trial was within -0.9 and +0.6 points of it on
+    mixtures, noisy digit images and noisy low-rank data (56 batches, n=4096, d=784/3072;
+    ``benchmarks/auto_trial.py``).
+    """
+    n = x0.shape[0]
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample].to(x0.device)
+    a, b = x0[pick], x1[pick]
+    leaf = max(1, round(a.shape[0] * leaf_size / n))  # the whole batch's cluster count
+    independent = pair_cost(a, b).double().mean()
+    optimal = pair_cost(a, b[SOLVERS["exact"](squared_euclidean(a, b), a, b).perm]).double().mean()
+    multiscale = pair_cost(a, b[SOLVERS["multiscale"](None, a, b, leaf_size=leaf).perm]).double().mean()
+    return float((independent - multiscale) / (independent - optimal).clamp_min(1e-30))
+
+
+def auto_method(
+    x0: Tensor, x1: Tensor, label_weight: float | None = None, trial: Callable[[Tensor, Tensor], float] | None = None
+) -> tuple[str, str | None]:
+    """``(method, cost_dtype)`` that ``OTCoupler("auto")`` solves this batch with; ``trial``
+    replaces :func:`multiscale_trial` (the coupler passes one that remembers its result).
+
+    The rule, in order, for a batch of ``n`` samples of ``d`` features (the measurements behind it:
+    ``docs/coupling.md``, "auto"):
+
+    - ``d <= 16``: ``exact`` (POT's network simplex; exact).
+    - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100), else ``exact``.
+    - on the CPU, ``n >= 4096``, no float ``label_weight``, and ``multiscale`` closes >= 95.5% of the
+      gap on half the batch (:func:`multiscale_trial`): ``multiscale``.
+    - otherwise ``exact``, on a bfloat16 cost where the CPU has AMX (99.95-100% of the gap, 1.5-2x
+      faster in image dimensions), on the default float32/float64 cost elsewhere.
+    """
+    n, d = x0.shape[0], x0[0].numel()
+    if d <= 16:
+        return "exact", None
+    if x0.device.type == "cuda":
+        return ("auction" if n >= AUTO_AUCTION_N else "exact"), None
+    if n >= AUTO_MULTISCALE_N and label_weight is None and (trial or multiscale_trial)(x0, x1) >= AUTO_MULTISCALE_GAP:
+        return "multiscale", None
+    return "exact", ("bfloat16" if x0.device.type == "cpu" and amx_available() else None)
 
 
 @dataclass
@@ -35,6 +94,7 @@ class Coupling:
         failures: unconverged solves so far by this coupler (under ``on_failure="warn"``).
         unique_targets: fraction of distinct targets in ``perm`` under a plan sampler (1 for a
             permutation), ``None`` otherwise.
+        method: the method that solved (what ``auto`` chose; per-label solves join theirs with ``+``).
     """
 
     perm: Tensor
@@ -45,6 +105,7 @@ class Coupling:
     converged: bool = True
     failures: int = 0
     unique_targets: float | None = None
+    method: str = ""
 
     @property
     def cost_ratio(self) -> float:
@@ -102,7 +163,8 @@ class OTCoupler:
     ``label_weight * [c0_i != c1_j]`` to the cost.
 
     Args:
-        method: a solver in :data:`~otflow_lightning.ot.SOLVERS`: ``exact`` (fastest exact CPU
+        method: ``auto`` (default: chosen per batch shape, device and data by :func:`auto_method`)
+            or a solver in :data:`~otflow_lightning.ot.SOLVERS`: ``exact`` (fastest exact CPU
             solver for the dimension), ``auction`` (GPU-capable, near-exact), ``sinkhorn``, ``bsp``,
             ``multiscale`` (clustered large batches), ``emd``, ``lsa``, ``lapjv``, ``independent``;
             or, with ``plan_sampler``, ``lowrank``.
@@ -132,21 +194,29 @@ class OTCoupler:
 
     def __init__(
         self,
-        method: str = "exact",
+        method: str = "auto",
         label_weight: float | None = None,
         on_failure: str = "raise",
         plan_sampler: bool = False,
         cost_dtype: str | None = None,
         **options,
     ) -> None:
-        if method not in SOLVERS and method not in PLANS:
-            raise ValueError(f"unknown coupling method {method!r}; choose one of {sorted(SOLVERS.keys() | PLANS.keys())}")
+        if method not in SOLVERS and method not in PLANS and method != "auto":
+            raise ValueError(
+                f"unknown coupling method {method!r}; choose 'auto' or one of {sorted(SOLVERS.keys() | PLANS.keys())}"
+            )
+        if method == "auto" and (plan_sampler or cost_dtype is not None or options):
+            raise ValueError(
+                "method 'auto' chooses the solver and the cost precision itself: name a method (e.g. 'exact') "
+                f"to set plan_sampler, cost_dtype or solver options (got plan_sampler={plan_sampler}, "
+                f"cost_dtype={cost_dtype!r}, options {sorted(options)})"
+            )
         if plan_sampler and method not in PLANS:
             raise ValueError(
                 f"plan_sampler=True needs a method with a transport plan, one of {sorted(PLANS)}; "
                 f"{method!r} returns only a permutation (set plan_sampler=False to use it)"
             )
-        if method not in SOLVERS and not plan_sampler:
+        if method not in SOLVERS and method != "auto" and not plan_sampler:
             raise ValueError(
                 f"method {method!r} gives a transport plan, not a permutation: pass plan_sampler=True to sample "
                 "pairs from it (targets may then repeat), or pick a bijective method"
@@ -169,6 +239,29 @@ class OTCoupler:
         self.method, self.label_weight, self.on_failure, self.options = method, label_weight, on_failure, options
         self.plan_sampler, self.cost_dtype = plan_sampler, cost_dtype
         self.failures = 0
+        self._trials: dict[tuple, float] = {}  # auto's multiscale trial per (sample shape, device)
+
+    def resolve(self, x0: Tensor, x1: Tensor) -> tuple[str, str | None]:
+        """``(method, cost_dtype)`` for this batch: the coupler's own, or under ``auto`` the choice of
+        :func:`auto_method`, whose one look at the data (:func:`multiscale_trial`) is made on the
+        first large batch of each sample shape and device and kept (so a training run keeps one
+        solver and pays for the trial once)."""
+        if self.method != "auto":
+            return self.method, self.cost_dtype
+        key = (tuple(x0.shape[1:]), x0.device.type)
+
+        def trial(a: Tensor, b: Tensor) -> float:
+            if key not in self._trials:
+                self._trials[key] = multiscale_trial(a, b)
+                log.info(
+                    "OTCoupler('auto'): multiscale closed %.4f of the gap on half a batch of %d samples of shape %s; "
+                    "batches of >= %d such samples use %s",
+                    self._trials[key], a.shape[0], key[0], AUTO_MULTISCALE_N,
+                    "multiscale" if self._trials[key] >= AUTO_MULTISCALE_GAP else "exact",
+                )
+            return self._trials[key]
+
+        return auto_method(x0, x1, self.label_weight, trial)
 
     def __repr__(self) -> str:
         opts = f", cost_dtype={self.cost_dtype!r}" if self.cost_dtype else ""
@@ -176,34 +269,46 @@ class OTCoupler:
         return f"OTCoupler({self.method!r}{', plan_sampler=True' if self.plan_sampler else ''}{opts})"
 
     def cost_matrix(
-        self, x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None, reduced: bool = False
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        c0: Tensor | None = None,
+        c1: Tensor | None = None,
+        reduced: bool = False,
+        cost_dtype: str | None = None,
     ) -> Tensor:
         """``(n, n)`` cost the solver minimises: squared Euclidean, plus the weighted label term.
 
         ``reduced=True`` leaves out the points' squared norms (``squared_euclidean(reduced=True)``):
         the same optimal assignment; what the methods in
         :data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT` are given with ``cost_dtype="bfloat16"``.
+        ``cost_dtype`` overrides the coupler's (``auto`` passes its choice).
         """
-        cost = squared_euclidean(x0, x1, self.cost_dtype, reduced)
+        cost = squared_euclidean(x0, x1, cost_dtype or self.cost_dtype, reduced)
         if c0 is not None and self.label_weight is not None:
             cost = cost + self.label_weight * label_mismatch(c0, c1).to(cost)
         return cost
 
-    def _solve(self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None, generator: torch.Generator | None) -> Solution:
-        if self.method in POINT_METHODS:
+    def _solve(
+        self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Solution, str]:
+        method, cost_dtype = self.resolve(x0, x1)
+        if method in POINT_METHODS:
             cost = None
         else:
-            reduced = self.method in SHIFT_INVARIANT and self.cost_dtype == "bfloat16"
-            cost = self.cost_matrix(x0, x1, c0, c1, reduced)
+            reduced = method in SHIFT_INVARIANT and cost_dtype == "bfloat16"
+            cost = self.cost_matrix(x0, x1, c0, c1, reduced, cost_dtype)
         if not self.plan_sampler:
-            return SOLVERS[self.method](cost, x0, x1, **self.options)
-        plan = PLANS[self.method](cost, x0, x1, **self.options)
-        return Solution(sample_plan(plan.plan, generator), plan.iterations, plan.converged)
+            return SOLVERS[method](cost, x0, x1, **self.options), method
+        plan = PLANS[method](cost, x0, x1, **self.options)
+        return Solution(sample_plan(plan.plan, generator), plan.iterations, plan.converged), method
 
-    def _solve_per_label(self, x0: Tensor, x1: Tensor, c0: Tensor, c1: Tensor, generator: torch.Generator | None) -> Solution:
+    def _solve_per_label(
+        self, x0: Tensor, x1: Tensor, c0: Tensor, c1: Tensor, generator: torch.Generator | None
+    ) -> tuple[Solution, str]:
         """One sub-problem per label: ``x0`` with label k is matched among ``x1`` with label k."""
         perm = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
-        iterations, converged = None, True
+        iterations, converged, methods = None, True, []
         for label in torch.unique(c1):
             rows = torch.nonzero(c0 == label).flatten()
             cols = torch.nonzero(c1 == label).flatten()
@@ -213,12 +318,13 @@ class OTCoupler:
                     f"has {rows.numel()} sources and {cols.numel()} targets. Draw source labels with "
                     "draw_source_labels(c1, generator), or set label_weight for a soft label cost"
                 )
-            sol = self._solve(x0[rows], x1[cols], None, None, generator)
+            sol, method = self._solve(x0[rows], x1[cols], None, None, generator)
+            methods += [method] if method not in methods else []
             perm[rows] = cols[sol.perm]
             converged &= sol.converged
             if sol.iterations is not None:
                 iterations = (iterations or 0) + sol.iterations
-        return Solution(perm, iterations, converged)
+        return Solution(perm, iterations, converged), "+".join(methods)
 
     def couple(
         self,
@@ -233,20 +339,20 @@ class OTCoupler:
         start = time.perf_counter()
         with torch.no_grad():
             strict = c0 is not None and self.label_weight is None
-            sol = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
+            sol, method = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
             transport = pair_cost(x0, x1[sol.perm], None).double().mean()
             independent = pair_cost(x0, x1, None).double().mean()
             result = (float(transport), float(independent))
             unique = sol.perm.unique().numel() / x0.shape[0] if self.plan_sampler else None
         ms = (time.perf_counter() - start) * 1e3
         if not sol.converged:
-            message = f"OT solver {self.method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
+            message = f"OT solver {method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
             if self.on_failure == "raise":
                 raise RuntimeError(f"{message}; raise its budget, or pass on_failure='warn' to count and continue")
             self.failures += 1
             kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"
             log.warning("%s; %s (failure %d)", message, kept, self.failures)
-        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures, unique)
+        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures, unique, method)
 
     def match(
         self,
