@@ -29,11 +29,14 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
         x1: ``(m, *shape)`` target batch.
         dtype: computation dtype (or its name, a key of :data:`COST_DTYPES`); default float64 for
             ``d <= 64`` features, else float32.
-        reduced: leave out the potentials :math:`\|a_i\|^2` and :math:`\|b_j\|^2` (of the centred
-            points) and return :math:`-2 a_i^\top b_j`: not the cost, but the same optimal
-            assignment (a permutation pays every row's and column's potential once), two passes
-            over the ``n x m`` matrix fewer, and no cancellation. What the coupler gives the
-            assignment solvers under ``cost_dtype="bfloat16"``
+        reduced: return :math:`-2 (a_i - \bar a)^\top (b_j - \bar b)`, each cloud centred on its
+            own mean: not the cost, which is this plus a term of ``i`` alone, a term of ``j`` alone
+            and a constant, but the same optimal assignment (a permutation pays every row's and
+            column's term once), two passes over the ``n x m`` matrix fewer, and no
+            cancellation. In bfloat16 the inner products' error then scales with the clouds'
+            spreads, not with the distance between them (centred on the joint mean, unnormalised
+            targets such as pixels in [0, 255] against N(0, I) noise closed 29% of the gap).
+            What the coupler gives the assignment solvers under ``cost_dtype="bfloat16"``
             (:data:`~otflow_lightning.ot.solvers.SHIFT_INVARIANT`).
 
     Returns:
@@ -48,11 +51,12 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
         dtype = torch.float64 if a.shape[1] <= 64 else torch.float32
     work = torch.float32 if dtype == torch.bfloat16 else dtype
     a, b = a.to(work), b.to(work)
-    centre = 0.5 * (a.mean(0) + b.mean(0))
-    a2, b = torch.add(2.0 * centre, a, alpha=-2.0), b - centre  # -2 (a - centre): scaling by 2 is exact
-    cost = (a2.to(dtype) @ b.to(dtype).T).to(work)
     if reduced:
-        return cost
+        a2, b = torch.add(2.0 * a.mean(0), a, alpha=-2.0), b - b.mean(0)  # -2 (a - mean a): scaling by 2 is exact
+        return (a2.to(dtype) @ b.to(dtype).T).to(work)
+    centre = 0.5 * (a.mean(0) + b.mean(0))
+    a2, b = torch.add(2.0 * centre, a, alpha=-2.0), b - centre  # -2 (a - centre)
+    cost = (a2.to(dtype) @ b.to(dtype).T).to(work)
     cost.add_((a2 * a2).sum(1, keepdim=True).mul_(0.25)).add_((b * b).sum(1)[None, :])
     return cost.clamp_min_(0.0)
 
