@@ -1,8 +1,8 @@
 """Minibatch OT coupling: our solvers against torchcfm and scipy on the same inputs, in one run.
 
 For each data set, batch size n and dimension d, the source is N(0, I) and every method pairs the
-same (x0, x1). Columns: wall time (cost matrix included, best of ``--repeat`` runs, or fewer
-once 2 s are spent), time relative to
+same (x0, x1). Columns: wall time of ``OTCoupler.match`` (cost matrix included, the logged
+statistics of ``couple`` not; best of ``--repeat`` runs, or fewer once 2 s are spent), time relative to
 torchcfm's ``OTPlanSampler("exact")``, cost ratio (coupled cost / independent cost) and the gap
 closed, (C_independent - C) / (C_independent - C_optimal), with C_optimal from the exact solver,
 and the fraction of distinct targets among the pairs (1 for a permutation).

@@ -88,7 +88,7 @@ class Coupling:
         cost: mean squared distance of the coupled pairs (the sampled pairs under a plan sampler),
             each pair's distance summed in the batch's precision (float32: about 1e-7 relative).
         independent_cost: mean squared distance of the identity (independent) pairing.
-        ms: wall time of the solve, cost matrix included, in milliseconds.
+        ms: wall time of the solve, cost matrix included, in milliseconds (not the statistics).
         iterations: solver iterations, where the solver reports them.
         converged: ``False`` if the solver stopped at its budget (the permutation was repaired).
         failures: unconverged solves so far by this coupler (under ``on_failure="warn"``).
@@ -326,24 +326,17 @@ class OTCoupler:
                 iterations = (iterations or 0) + sol.iterations
         return Solution(perm, iterations, converged), "+".join(methods)
 
-    def couple(
-        self,
-        x0: Tensor,
-        x1: Tensor,
-        c0: Tensor | None = None,
-        c1: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Coupling:
-        """Match the batches and return the pairing with its statistics (see :meth:`match`)."""
+    def _pair(
+        self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Solution, str, float]:
+        """Check, solve and apply the failure policy: ``(solution, method, ms)``."""
         check_batch(x0, x1, c0, c1)
         start = time.perf_counter()
         with torch.no_grad():
             strict = c0 is not None and self.label_weight is None
             sol, method = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
-            transport = pair_cost(x0, x1[sol.perm], None).double().mean()
-            independent = pair_cost(x0, x1, None).double().mean()
-            result = (float(transport), float(independent))
-            unique = sol.perm.unique().numel() / x0.shape[0] if self.plan_sampler else None
+        if sol.perm.is_cuda:
+            torch.cuda.synchronize(sol.perm.device)  # so that ms covers the device's work
         ms = (time.perf_counter() - start) * 1e3
         if not sol.converged:
             message = f"OT solver {method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
@@ -352,7 +345,25 @@ class OTCoupler:
             self.failures += 1
             kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"
             log.warning("%s; %s (failure %d)", message, kept, self.failures)
-        return Coupling(sol.perm, result[0], result[1], ms, sol.iterations, sol.converged, self.failures, unique, method)
+        return sol, method, ms
+
+    def couple(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        c0: Tensor | None = None,
+        c1: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Coupling:
+        """Match the batches and return the pairing with its statistics (see :meth:`match`). The
+        statistics cost two passes over the batches (about 11 ms at n=1024, d=3072 on one CPU
+        core), which ``Coupling.ms`` leaves out."""
+        sol, method, ms = self._pair(x0, x1, c0, c1, generator)
+        with torch.no_grad():
+            transport = float(pair_cost(x0, x1[sol.perm], None).double().mean())
+            independent = float(pair_cost(x0, x1, None).double().mean())
+            unique = sol.perm.unique().numel() / x0.shape[0] if self.plan_sampler else None
+        return Coupling(sol.perm, transport, independent, ms, sol.iterations, sol.converged, self.failures, unique, method)
 
     def match(
         self,
@@ -373,8 +384,9 @@ class OTCoupler:
 
         Returns:
             A permutation of ``range(n)``; under ``plan_sampler=True`` an index that may repeat targets.
+            No statistics are computed (:meth:`couple` gives them).
         """
-        return self.couple(x0, x1, c0, c1, generator).perm
+        return self._pair(x0, x1, c0, c1, generator)[0].perm
 
     def __call__(
         self,
