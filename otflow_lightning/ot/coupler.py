@@ -64,7 +64,7 @@ def auto_method(
     - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100), else ``exact``.
     - on the CPU, ``n >= 4096``, no float ``label_weight``, and ``multiscale`` closes >= 95.5% of the
       gap on half the batch (:func:`multiscale_trial`): ``multiscale``.
-    - otherwise ``exact``, on a bfloat16 cost where the CPU has AMX (99.95-100% of the gap, 1.5-2x
+    - otherwise ``exact``, on a bfloat16 cost where the CPU has AMX (99.99-100% of the gap, 1.5-2x
       faster in image dimensions), on the default float32/float64 cost elsewhere.
     """
     n, d = x0.shape[0], x0[0].numel()
@@ -178,7 +178,7 @@ class OTCoupler:
         cost_dtype: precision of the cost matrix: ``None`` (float64 up to 64 features, float32
             above), ``"float64"``, ``"float32"`` or ``"bfloat16"``: inner products in bfloat16,
             the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX) in image
-            dimensions; an approximate cost, whose exact assignment closed >= 99.95% of the gap
+            dimensions; an approximate cost, whose exact assignment closed >= 99.99% of the gap
             in every measured case (``docs/coupling.md``). The point methods (``bsp``,
             ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
