@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
-from .solvers import PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, sample_plan
+from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, sample_plan
 
 __all__ = ["OTCoupler", "Coupling", "check_batch", "auto_method"]
 
 log = logging.getLogger(__name__)
 POLICIES = ("raise", "warn")
-#: ``auto`` uses ``auction`` for CUDA batches of at least this many samples in more than 16 features
+#: ``auto`` uses ``auction`` for CUDA batches of at least this many samples in more than ``LOW_DIM`` features
 AUTO_AUCTION_N = 1024
 #: ``auto`` uses ``multiscale`` for CPU batches of at least this many samples ...
 AUTO_MULTISCALE_N = 4096
@@ -60,7 +60,7 @@ def auto_method(
     The rule, in order, for a batch of ``n`` samples of ``d`` features (the measurements behind it:
     ``docs/coupling.md``, "auto"):
 
-    - ``d <= 16``: ``exact`` (POT's network simplex; exact).
+    - ``d <= 16`` (:data:`~otflow_lightning.ot.solvers.LOW_DIM`): ``exact`` (POT's network simplex; exact).
     - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100), else ``exact``.
     - on the CPU, ``n >= 4096``, no float ``label_weight``, and ``multiscale`` closes >= 95.5% of the
       gap on half the batch (:func:`multiscale_trial`): ``multiscale``.
@@ -68,7 +68,7 @@ def auto_method(
       faster in image dimensions), on the default float32/float64 cost elsewhere.
     """
     n, d = x0.shape[0], x0[0].numel()
-    if d <= 16:
+    if d <= LOW_DIM:
         return "exact", None
     if x0.device.type == "cuda":
         return ("auction" if n >= AUTO_AUCTION_N else "exact"), None
@@ -248,20 +248,19 @@ class OTCoupler:
         solver and pays for the trial once)."""
         if self.method != "auto":
             return self.method, self.cost_dtype
+        return auto_method(x0, x1, self.label_weight, self._trial)
+
+    def _trial(self, x0: Tensor, x1: Tensor) -> float:
+        """:func:`multiscale_trial`, run once per sample shape and device."""
         key = (tuple(x0.shape[1:]), x0.device.type)
-
-        def trial(a: Tensor, b: Tensor) -> float:
-            if key not in self._trials:
-                self._trials[key] = multiscale_trial(a, b)
-                log.info(
-                    "OTCoupler('auto'): multiscale closed %.4f of the gap on half a batch of %d samples of shape %s; "
-                    "batches of >= %d such samples use %s",
-                    self._trials[key], a.shape[0], key[0], AUTO_MULTISCALE_N,
-                    "multiscale" if self._trials[key] >= AUTO_MULTISCALE_GAP else "exact",
-                )
-            return self._trials[key]
-
-        return auto_method(x0, x1, self.label_weight, trial)
+        if key not in self._trials:
+            gap = self._trials[key] = multiscale_trial(x0, x1)
+            log.info(
+                "OTCoupler('auto'): multiscale closed %.4f of the gap on half a batch of %d samples of shape %s; "
+                "batches of >= %d such samples use %s",
+                gap, x0.shape[0], key[0], AUTO_MULTISCALE_N, "multiscale" if gap >= AUTO_MULTISCALE_GAP else "exact",
+            )
+        return self._trials[key]
 
     def __repr__(self) -> str:
         opts = f", cost_dtype={self.cost_dtype!r}" if self.cost_dtype else ""
