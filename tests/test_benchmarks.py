@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_coupling_benchmark_table():
-    methods = ["exact", "exact@bfloat16", "multiscale:leaf_size=32,sweeps=1", "independent"]
+    methods = ["auto", "exact", "exact@bfloat16", "multiscale:leaf_size=32,sweeps=1", "independent"]
     out = subprocess.run(
         [sys.executable, "benchmarks/coupling.py", "--data", "mixture", "--n", "128", "--d", "96",
          "--methods", *methods, "--peers", "scipy", "--repeat", "1"],
@@ -18,7 +18,19 @@ def test_coupling_benchmark_table():
     assert set(rows) == {"scipy", *methods}
     gap = {name: float(row[-2]) for name, row in rows.items()}  # columns: ..., cost ratio, gap closed, targets
     assert gap["scipy"] == gap["exact"] == 1.0
+    assert gap["auto"] >= 0.99 and "(auto chose exact" in out  # n=128: exact, on a bfloat16 cost where there is AMX
     assert gap["exact@bfloat16"] >= 0.99
     assert 0.5 < gap["multiscale:leaf_size=32,sweeps=1"] <= 1.0 + 1e-9
     assert gap["independent"] == 0.0
     assert all(row[-1] == "1.000" for row in rows.values())  # permutations: every target used once
+
+
+def test_auto_trial_benchmark_runs():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/auto_trial.py", "--n", "256", "--d", "784"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert len(rows) == 14 and all(row[-1] in ("exact", "exact@bfloat16") for row in rows)  # n < 4096: never multiscale
+    whole = [float(row[-3]) for row in rows]  # gap of multiscale on the whole batch: one cluster at n=256, so exact
+    assert all(abs(g - 1.0) < 1e-6 for g in whole)
