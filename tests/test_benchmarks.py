@@ -1,5 +1,6 @@
 """The coupling benchmark script runs and reports sound figures on a tiny case (it must not rot)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,13 @@ def test_auto_trial_benchmark_runs():
     assert len(rows) == 14 and all(row[-1] in ("exact", "exact@bfloat16") for row in rows)  # n < 4096: never multiscale
     whole = [float(row[-3]) for row in rows]  # gap of multiscale on the whole batch: one cluster at n=256, so exact
     assert all(abs(g - 1.0) < 1e-6 for g in whole)
+
+
+def test_global_coupling_benchmark_runs_on_two_cpu_ranks():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/global_coupling.py", "--ranks", "2", "--world-batch", "64", "--d", "784", "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:2] == ["64", "2"]]
+    assert [row[2] for row in rows] == ["local", "global"]
+    assert all(0.5 < float(row[-2]) < 1.0 for row in rows)  # cost ratio of an OT match: below independent pairing
