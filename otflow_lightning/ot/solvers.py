@@ -528,8 +528,9 @@ def solve_multiscale(
 
 #: methods whose permutation depends on the cost only up to row and column potentials: the coupler
 #: gives them a bfloat16 cost without the points' squared norms (``squared_euclidean(reduced=True)``,
-#: two passes fewer). Float32 costs keep them: LAPJV took 1.4-1.8x longer on the reduced float32 cost
-#: of Gaussian and mixture batches (n=1024-4096, d=3072), more than the two passes save.
+#: two passes fewer). Float32 costs keep them: LAPJV took 1.1-2x longer on the reduced float32 cost
+#: of Gaussian and mixture batches (n=1024-4096, d=3072; re-measured in docs/coupling.md), more than
+#: the two passes save.
 SHIFT_INVARIANT = ("exact", "emd", "lsa", "lapjv")
 
 #: methods that work on the points themselves: the coupler passes them ``cost=None`` (no ``n x n`` matrix)
