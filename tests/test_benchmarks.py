@@ -45,3 +45,17 @@ def test_global_coupling_benchmark_runs_on_two_cpu_ranks():
     rows = [line.split() for line in out.splitlines() if line.split()[:2] == ["64", "2"]]
     assert [row[2] for row in rows] == ["local", "global"]
     assert all(0.5 < float(row[-2]) < 1.0 for row in rows)  # cost ratio of an OT match: below independent pairing
+
+
+def test_auction_ops_benchmark_counts_the_work_of_a_solve():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/auction_ops.py", "--data", "gaussian", "mixture", "--n", "256", "--d", "784", "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[1:2] == ["256"]}
+    assert set(rows) == {"gaussian", "mixture"}
+    for row in rows.values():  # columns: data, n, rounds, ops, syncs, ops/round, ms, gap closed
+        rounds, ops, syncs = int(row[2]), int(row[3]), int(row[4])
+        assert 0 < rounds and 10 * rounds < ops < 100 * rounds  # tens of torch ops a round
+        assert syncs < rounds  # the host looks at the device once per block of rounds, not each round
+        assert float(row[-1]) >= 0.99

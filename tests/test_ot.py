@@ -256,6 +256,38 @@ def test_auction_runs_on_float32_costs_and_stops_early():
     assert gap_closed(x0, x1, sol.perm) > 0.99
 
 
+def test_auction_reading_only_unassigned_rows_is_the_same_auction():
+    """Compaction (bids read only the rows unassigned at the last look) changes nothing but the traffic."""
+    from otflow_lightning.ot.solvers import _auction_rounds
+
+    x0, x1 = clouds(300, 20, seed=3, shift=1.0)
+    cost = squared_euclidean(x0, x1, torch.float32)
+    cost = cost - cost.mean()
+    benefit = torch.cat([-cost, cost[:1]])
+    eps = 1e-3 * cost.std()
+    full = _auction_rounds(benefit, torch.zeros(300), eps, 20_000, 4, 0, compact=False)
+    compact = _auction_rounds(benefit, torch.zeros(300), eps, 20_000, 4, 0, compact=True)
+    assert full[1] == compact[1] > 10  # same rounds, and enough of them for the row set to shrink
+    assert torch.equal(full[0], compact[0]) and torch.equal(full[2], compact[2])
+    assert is_permutation(compact[0], 300)  # tail 0: the auction itself ends with every row assigned
+
+
+def test_sinkhorn_prices_reach_the_entropic_fixed_point():
+    """After enough steps, the plan exp((f + g - C) / eps) has uniform row and column sums."""
+    from otflow_lightning.ot.solvers import sinkhorn_prices
+
+    x0, x1 = clouds(64, 5, seed=4)
+    cost = squared_euclidean(x0, x1)
+    eps = torch.tensor(0.3) * cost.std()
+    g = sinkhorn_prices(cost, eps, 300)
+    f = -eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)
+    plan = torch.exp((f[:, None] + g[None, :] - cost) / eps)
+    ones = torch.ones(64, dtype=cost.dtype)
+    assert torch.allclose(plan.sum(1), ones, atol=1e-9) and torch.allclose(plan.sum(0), ones, atol=1e-9)
+    f1 = -eps * torch.logsumexp((sinkhorn_prices(cost, eps, 1)[None, :] - cost) / eps, dim=1)
+    plan1 = torch.exp((f1[:, None] + sinkhorn_prices(cost, eps, 1)[None, :] - cost) / eps)
+    assert not torch.allclose(plan1.sum(0), ones, atol=1e-2)  # one step is not there yet
+
 # ---------------------------------------------------------------- conditional coupling (C2OT)
 def labelled_target(n, seed=0):
     """Two classes at x = -3 and x = +3."""
