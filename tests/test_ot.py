@@ -258,18 +258,43 @@ def test_auction_runs_on_float32_costs_and_stops_early():
 
 def test_auction_reading_only_unassigned_rows_is_the_same_auction():
     """Compaction (bids read only the rows unassigned at the last look) changes nothing but the traffic."""
-    from otflow_lightning.ot.solvers import _auction_rounds
+    from otflow_lightning.ot.solvers import _Auction, _auction_rounds
 
     x0, x1 = clouds(300, 20, seed=3, shift=1.0)
     cost = squared_euclidean(x0, x1, torch.float32)
     cost = cost - cost.mean()
-    benefit = torch.cat([-cost, cost[:1]])
     eps = 1e-3 * cost.std()
-    full = _auction_rounds(benefit, torch.zeros(300), eps, 20_000, 4, 0, compact=False)
-    compact = _auction_rounds(benefit, torch.zeros(300), eps, 20_000, 4, 0, compact=True)
-    assert full[1] == compact[1] > 10  # same rounds, and enough of them for the row set to shrink
-    assert torch.equal(full[0], compact[0]) and torch.equal(full[2], compact[2])
-    assert is_permutation(compact[0], 300)  # tail 0: the auction itself ends with every row assigned
+    full, compact = _Auction(torch.cat([-cost, cost[:1]])), _Auction(torch.cat([-cost, cost[:1]]))
+    rounds = _auction_rounds(full, eps, 20_000, 4, 0, compact=False)
+    assert _auction_rounds(compact, eps, 20_000, 4, 0, compact=True) == rounds > 10  # enough for the rows to shrink
+    assert torch.equal(full.assigned[:300], compact.assigned[:300]) and torch.equal(full.price, compact.price)
+    assert is_permutation(compact.assigned[:300], 300)  # tail 0: the auction itself ends with every row assigned
+
+
+def test_graphed_auction_pads_bidders_and_serves_later_solves(monkeypatch):
+    """The CUDA-graph auction's logic on the CPU, with "capture" standing in for run-then-record.
+
+    Power-of-two bidder buckets (padded slots do not bid) and one object reused for a second cost
+    give the plain auction's rounds and assignment; the number of recorded blocks stays small.
+    """
+    from otflow_lightning.ot import solvers
+    from otflow_lightning.ot.solvers import _Auction, _auction_rounds, _GraphedAuction
+
+    monkeypatch.setattr(solvers, "_cuda_graph", lambda fn, device: (fn(), fn)[1])
+    n = 300
+    graphed = _GraphedAuction(torch.zeros(n + 1, n), block=4)
+    for seed in (3, 4):  # the second solve reuses the first one's buffers and recorded blocks
+        x0, x1 = clouds(n, 20, seed=seed, shift=1.0)
+        cost = squared_euclidean(x0, x1, torch.float32)
+        cost = cost - cost.mean()
+        eps = 1e-3 * cost.std()
+        plain = _Auction(torch.cat([-cost, cost[:1]]))
+        torch.neg(cost, out=graphed.benefit[:n])
+        graphed.price.zero_()
+        rounds = _auction_rounds(plain, eps, 20_000, 4, 0)
+        assert _auction_rounds(graphed, eps, 20_000, 4, 0) == rounds > 10
+        assert torch.equal(graphed.assigned[:n], plain.assigned[:n]) and torch.equal(graphed.price, plain.price)
+    assert set(graphed.graphs) <= {2**i for i in range(9)} | {n} and len(graphed.graphs) >= 3
 
 
 def test_sinkhorn_prices_reach_the_entropic_fixed_point():
