@@ -61,7 +61,8 @@ def auto_method(
     ``docs/coupling.md``, "auto"):
 
     - ``d <= 16`` (:data:`~otflow_lightning.ot.solvers.LOW_DIM`): ``exact`` (POT's network simplex; exact).
-    - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100), else ``exact``.
+    - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100; 99.4-99.9% for
+      the current auction on the CPU), else ``exact``.
     - on the CPU, ``n >= 4096``, no float ``label_weight``, and ``multiscale`` closes >= 95.5% of the
       gap on half the batch (:func:`multiscale_trial`): ``multiscale``.
     - otherwise ``exact``, on a bfloat16 cost where the CPU has AMX (99.99-100% of the gap, 1.5-2x
