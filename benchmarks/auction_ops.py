@@ -5,8 +5,8 @@ memory bandwidth (one H100 took the same 57 ms at n=1024 and n=4096), so its tim
 of torch operations it dispatches more than the size of the matrix. This counts them, device-agnostic,
 with a ``TorchDispatchMode`` around ``OTCoupler("auction", **options).match`` (cost matrix included,
 views and other metadata-only ops left out), and the host syncs (``.item()``-like reads and
-``nonzero``). It also prints the wall time on ``--device`` (best of ``--repeat``, after a warm-up
-call) and the gap closed against the exact solver. Pass solver options to compare settings side by
+``nonzero``). It also prints the wall time on ``--device`` (best of ``--repeat``, or fewer once 2 s
+are spent, after a warm-up call) and the gap closed against the exact solver. Pass solver options to compare settings side by
 side, e.g. the warm start and look interval used before:
 
     python benchmarks/auction_ops.py --data gaussian mixture digits --n 1024 4096 --d 3072
@@ -17,12 +17,11 @@ side, e.g. the warm start and look interval used before:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from coupling import make_data
+from coupling import make_data, option_value, timed
 from otflow_lightning.ot import OTCoupler, pair_cost
 
 METADATA = {"slice", "select", "unsqueeze", "squeeze", "view", "_unsafe_view", "expand", "t", "transpose",
@@ -43,14 +42,6 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def parse_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        options[key] = float(value) if "." in value or "e" in value else int(value)
-    return options
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["gaussian", "mixture", "digits"])
@@ -64,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    options = parse_options(args.options)
+    options = {key: option_value(value) for key, value in (item.split("=", 1) for item in args.options)}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {gpu}, auction options {options or 'default'}")
     print(f"{'data':<10}{'n':>6}{'rounds':>8}{'ops':>7}{'syncs':>7}{'ops/round':>11}{'ms':>9}{'gap closed':>12}")
@@ -75,11 +66,7 @@ def main() -> None:
             coupling = coupler.couple(x0, x1)  # warm-up; its rounds and pairs are those of every call
             with CountOps() as count:
                 coupler.match(x0, x1)
-            best = float("inf")
-            for _ in range(args.repeat):
-                start = time.perf_counter()
-                coupler.match(x0, x1)
-                best = min(best, (time.perf_counter() - start) * 1e3)  # match synchronises on CUDA
+            best, _ = timed(lambda: coupler.match(x0, x1), device, args.repeat)
             independent = float(pair_cost(x0, x1).mean())
             optimal = float(pair_cost(x0, x1[OTCoupler("exact").match(x0, x1)]).mean())
             gap = (independent - coupling.cost) / (independent - optimal)

@@ -51,12 +51,14 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
         dtype = torch.float64 if a.shape[1] <= 64 else torch.float32
     work = torch.float32 if dtype == torch.bfloat16 else dtype
     a, b = a.to(work), b.to(work)
-    if reduced:
-        a2, b = torch.add(2.0 * a.mean(0), a, alpha=-2.0), b - b.mean(0)  # -2 (a - mean a): scaling by 2 is exact
-        return (a2.to(dtype) @ b.to(dtype).T).to(work)
-    centre = 0.5 * (a.mean(0) + b.mean(0))
-    a2, b = torch.add(2.0 * centre, a, alpha=-2.0), b - centre  # -2 (a - centre)
+    if reduced:  # each cloud on its own mean
+        centre_a, centre_b = a.mean(0), b.mean(0)
+    else:  # both on the joint mean, which the norms below need
+        centre_a = centre_b = 0.5 * (a.mean(0) + b.mean(0))
+    a2, b = torch.add(2.0 * centre_a, a, alpha=-2.0), b - centre_b  # -2 (a - centre): scaling by 2 is exact
     cost = (a2.to(dtype) @ b.to(dtype).T).to(work)
+    if reduced:
+        return cost
     cost.add_((a2 * a2).sum(1, keepdim=True).mul_(0.25)).add_((b * b).sum(1)[None, :])
     return cost.clamp_min_(0.0)
 
