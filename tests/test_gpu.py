@@ -48,3 +48,18 @@ def test_auction_replayed_as_cuda_graphs_is_the_same_auction():
         x1 = (3.0 * torch.randn(8, 256, generator=g))[torch.randint(0, 8, (1024,), generator=g)].cuda() + torch.randn(1024, 256, generator=g).cuda()
         a, b = eager.couple(x0, x1), graphed.couple(x0, x1)
         assert b.iterations == a.iterations and torch.equal(b.perm, a.perm)
+
+
+def test_graphed_auction_serves_two_threads_at_once():
+    """Two threads solving one size share the cached graphs and buffers; the lock keeps each result the eager one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        batches.append((torch.randn(1024, 256, generator=g).cuda(), torch.randn(1024, 256, generator=g).cuda()))
+    expected = [OTCoupler("auction").match(x0, x1) for x0, x1 in batches]
+    graphed = OTCoupler("auction", cuda_graph=True)
+    with ThreadPoolExecutor(2) as pool:
+        perms = list(pool.map(lambda batch: graphed.match(*batch), batches))
+    assert all(torch.equal(p, e) for p, e in zip(perms, expected))

@@ -26,9 +26,11 @@ plan, a scaled permutation matrix), ``sinkhorn`` (the entropic plan, unrounded) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -278,7 +280,8 @@ def _cuda_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], No
         fn()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # recorded, not run
+    # thread_local: a training step running on another thread (coupling prefetch) is not an error
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # recorded, not run
         fn()
     return graph.replay
 
@@ -288,13 +291,15 @@ class _GraphedAuction(_Auction):
 
     The bidder count is rounded up to a power of two (padded slots do not bid, so the rounds are the
     same), which bounds the graphs at about ``log2(n)``; they are kept for later solves of the same
-    size, whose cost and prices are copied into this object's ``benefit`` and ``price``.
+    size, whose cost and prices are copied into this object's ``benefit`` and ``price``; ``lock``
+    keeps two threads from solving on these buffers at once.
     """
 
     def __init__(self, benefit: Tensor, block: int):
         super().__init__(benefit)
         self.rounds_per_graph = block
         self.graphs: dict[int, Callable[[], None]] = {}
+        self.lock = threading.Lock()
 
     def block(self, k: int, rounds: int) -> None:
         if rounds != self.rounds_per_graph:
@@ -403,27 +408,29 @@ def solve_auction(
     """
     n = cost.shape[0]
     cost = cost - cost.mean()
-    if cuda_graph and cost.is_cuda:
-        auction = _graphed_auction(n, cost.dtype, cost.device, check_every)
-        torch.neg(cost, out=auction.benefit[:n])  # row n, read by padded bidder slots, stays 0
-    else:
-        auction = _Auction(torch.cat([-cost, cost[:1]]))
     tail = int(tail * n)
     scale = cost.std() if n > 1 else torch.ones((), dtype=cost.dtype, device=cost.device)
     phases = max(1, math.ceil(math.log(eps_start / eps_final) / math.log(eps_factor)) + 1)
-    if warm_start > 0:
-        torch.neg(sinkhorn_prices(cost, warm_epsilon * scale, warm_start), out=auction.price)
+    if cuda_graph and cost.is_cuda:
+        auction = _graphed_auction(n, cost.dtype, cost.device, check_every)
+        lock = auction.lock
     else:
-        auction.price.zero_()
-    total, left = 0, max_rounds
-    for k in range(phases):
-        eps = scale * max(eps_start / eps_factor**k, eps_final)
-        stop = tail if k == phases - 1 else int(phase_tail * n)
-        total += _auction_rounds(auction, eps, max(left, 1), check_every, stop)
-        left = max_rounds - total
-        if left <= 0:
-            break
-    assigned = auction.assigned[:n].clone()  # a graphed auction's buffers serve the next solve
+        auction, lock = _Auction(cost.new_zeros(n + 1, n)), contextlib.nullcontext()
+    with lock:
+        torch.neg(cost, out=auction.benefit[:n])  # row n, read by padded bidder slots, stays 0
+        if warm_start > 0:
+            torch.neg(sinkhorn_prices(cost, warm_epsilon * scale, warm_start), out=auction.price)
+        else:
+            auction.price.zero_()
+        total, left = 0, max_rounds
+        for k in range(phases):
+            eps = scale * max(eps_start / eps_factor**k, eps_final)
+            stop = tail if k == phases - 1 else int(phase_tail * n)
+            total += _auction_rounds(auction, eps, max(left, 1), check_every, stop)
+            left = max_rounds - total
+            if left <= 0:
+                break
+        assigned = auction.assigned[:n].clone()  # a graphed auction's buffers serve the next solve
     converged = int((assigned < 0).sum()) <= tail
     perm = complete_exactly(assigned, cost) if converged else repair_permutation(assigned)
     return Solution(check_permutation(perm, n, "auction"), iterations=total, converged=converged)
