@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import otflow_lightning.callbacks as callbacks
@@ -58,6 +59,11 @@ def test_digits_config_trains_a_few_steps(tmp_path, config):
         assert cli.model.num_classes == 10 and cli.datamodule.conditional and cli.model.guidance_scale == 2.0
         assert cli.model.net.label_embedding is not None
         assert list((tmp_path / "lightning_logs").rglob("step*.png"))
+    # the checkpoint rebuilds the config's U-Net (not the default MLP) and samples as the trained module
+    loaded = type(cli.model).load_from_checkpoint(next((tmp_path / "lightning_logs").rglob("last.ckpt")))
+    assert type(loaded.net).__name__ == "UNet"
+    x0, labels = torch.randn(4, 1, 8, 8), (None if cli.model.num_classes is None else torch.arange(4))
+    assert torch.allclose(loaded.sample(x0, labels=labels), cli.model.cpu().sample(x0, labels=labels), atol=1e-5)
 
 
 def test_cifar_nfm_config_fast_dev_run(tmp_path):

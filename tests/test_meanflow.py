@@ -106,6 +106,70 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="interval_fraction"):
         OTMeanFlow(interval_fraction=1.5)
     with pytest.raises(ValueError, match="source"):
-        OTMeanFlow(source="8gaussians", data_shape=(3, 8, 8))
+        OTMeanFlow(source="8gaussians", data_shape=(3, 8, 8), net=nn.Identity())
     with pytest.raises(ValueError, match="steps=0"):
         OTMeanFlow().sample(torch.zeros(3, 2), steps=0)
+
+
+@pytest.mark.parametrize("module", ["mf", "nfm"])
+def test_sample_checks_its_input_and_names_the_argument(module):
+    from otflow_lightning import OTNeuralFlowMatching
+
+    cls = OTMeanFlow if module == "mf" else OTNeuralFlowMatching
+    model, conditional = cls(), cls(num_classes=3)
+    for bad, message in [
+        (dict(x0=torch.zeros(5, 3)), r"x0 must have shape \(n, \*data_shape\) = \(n, 2\), got \(5, 3\)"),
+        (dict(x0=torch.zeros(2)), "x0 must have shape"),
+        (dict(x0=torch.zeros(3, 2), steps=1.0), "steps must be a positive integer"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.sample(**bad)
+    for labels, message in [([4, 0, 1], r"labels must lie in \[0, 3\].*got \[0, 4\]"), ([-1, 0, 1], "got \\[-1, 1\\]"),
+                            ([1.7, 0.0, 1.0], "integer class indices")]:
+        with pytest.raises(ValueError, match=message):
+            conditional.sample(torch.zeros(3, 2), labels=torch.tensor(labels))
+    assert conditional.sample(torch.zeros(3, 2), labels=torch.tensor([3, 0, 2])).shape == (3, 2)  # 3: the null label
+
+
+@pytest.mark.parametrize("module", ["mf", "nfm"])
+def test_sample_runs_the_net_in_eval_mode_and_in_its_dtype(module):
+    from otflow_lightning import OTNeuralFlowMatching
+    from otflow_lightning.nets import ResidualFlowMap
+
+    net = TimeMLP(dim=2, num_times=2 if module == "mf" else 1)
+    net.layers.insert(1, nn.Dropout(0.5))  # dropout a sample must not see
+    model = OTMeanFlow(net=net) if module == "mf" else OTNeuralFlowMatching(net=ResidualFlowMap(net))
+    model.train()
+    x0 = torch.randn(64, 2)
+    assert torch.equal(model.sample(x0), model.sample(x0))
+    assert model.training and model.net.training  # each submodule's mode is restored
+    model.net.eval()  # one frozen part stays frozen
+    model.sample(x0)
+    assert model.training and not model.net.training
+    # a float64 input to a float32 module, a float32 input to a bfloat16 module: computed in the
+    # module's dtype, returned in the input's
+    assert model.sample(x0.double()).dtype == torch.float64
+    half = model.to(torch.bfloat16)
+    assert half.sample(x0).dtype == torch.float32 and half.generate(4).dtype == torch.bfloat16
+
+
+def test_mismatched_nets_and_guidance_are_refused_at_construction():
+    from otflow_lightning import OTNeuralFlowMatching
+    from otflow_lightning.nets import ResNetFlow
+
+    with pytest.raises(ValueError, match="num_classes=10 but its net's TimeMLP was built with num_classes=20"):
+        OTMeanFlow(num_classes=10, net=TimeMLP(dim=2, num_times=2, num_classes=20))
+    with pytest.raises(ValueError, match="needs a net that takes labels="):
+        OTNeuralFlowMatching(num_classes=3, net=ResNetFlow(dim=2))
+    with pytest.raises(ValueError, match=r"data_shape=\(1, 8, 8\) needs a net"):
+        OTMeanFlow(data_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="guidance_kappa.*label dropout"):
+        OTMeanFlow(num_classes=3, label_dropout=0.0, guidance_kappa=0.5)
+
+
+def test_non_finite_loss_says_whether_the_batch_was_bad():
+    model = OTMeanFlow()
+    x1 = torch.randn(8, 2)
+    x1[3, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="x1 hold NaN/Inf; check the data"):
+        model.training_step(Pair(torch.randn(8, 2), x1), 0)

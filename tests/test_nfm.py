@@ -168,3 +168,11 @@ def test_cosine_lr_schedule_follows_warmup_then_cosine():
     assert seen == pytest.approx(expect, rel=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         OTNeuralFlowMatching(lr_schedule="step")
+
+
+def test_var_ratio_skips_a_one_sample_validation_batch():
+    """2049 validation samples in batches of 256 leave a last batch of one, which has no variance."""
+    data = OTPairDataModule(target="moons", source="8gaussians", coupling="exact", batch_size=256, val_size=2049)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    metrics = trainer.validate(OTNeuralFlowMatching(source="8gaussians"), data, verbose=False)[0]
+    assert math.isfinite(metrics["val/var_ratio"]) and metrics["val/var_ratio"] > 0

@@ -75,6 +75,15 @@ def test_bad_input_errors():
         UNet(1, preset="huge")
 
 
+@pytest.mark.parametrize("channels, attn", [(100, (1,)), (10, ())])
+def test_widths_of_no_preset_get_groups_and_heads_that_divide_them(channels, attn):
+    net = _randomised(UNet(1, preset=None, channels=channels, channel_mult=(1, 2), num_blocks=1, attn_levels=attn))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(m.num_channels % m.num_groups == 0 for m in norms)
+    out = net(torch.randn(2, 1, 8, 8), 0.1, 0.2)
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
 @pytest.mark.slow
 def test_compiled_unet_under_jvp_matches_eager():
     # compile is an option: the JVP still runs (eagerly, see UNet's docstring) and gives the same numbers

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-from typing import Sequence
+import numbers
+from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -13,7 +16,7 @@ from ..data.datamodule import Pair
 from ..data.sources import check_source, draw_source
 from ..utils import rank_generator
 
-__all__ = ["OneStepModule", "draw_times", "check_time_dist"]
+__all__ = ["OneStepModule", "draw_times", "check_time_dist", "hparams_ignore"]
 
 TIME_DISTS = ("logit_normal", "uniform")
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,6 +33,54 @@ def draw_times(shape: tuple[int, ...], time_dist: str, mean: float, std: float, 
     if time_dist == "uniform":
         return torch.rand(shape, device=device, generator=generator)
     return torch.sigmoid(torch.randn(shape, device=device, generator=generator) * std + mean)
+
+
+def hparams_ignore() -> list[str]:
+    """What a module's ``save_hyperparameters`` leaves out: ``net`` when it was built in Python (an
+    ``nn.Module``, whose weights the checkpoint holds; reload with ``load_from_checkpoint(path,
+    net=...)``), nothing under the CLI, where ``net`` is its config (``class_path`` and ``init_args``)
+    and ``load_from_checkpoint(path)`` rebuilds it."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without the CLI's given hyperparameters
+        return ["net"]
+    return [] if _given_hyperparameters.get() is not None else ["net"]
+
+
+def check_vector_data(data_shape: Sequence[int], net_hint: str) -> None:
+    """The default nets are vector MLPs: raise ``ValueError`` for image-shaped ``data_shape`` without a net."""
+    if len(data_shape) != 1:
+        raise ValueError(f"data_shape={tuple(data_shape)} needs a net (the default TimeMLP takes vectors); pass net={net_hint}")
+
+
+def check_net_labels(net: nn.Module, num_classes: int | None) -> None:
+    """A class-conditional module needs a net that takes ``labels=`` and has the same null label ``num_classes``."""
+    if num_classes is None:
+        return
+    params = inspect.signature(net.forward).parameters.values()
+    if not any(p.name == "labels" or p.kind is p.VAR_KEYWORD for p in params):
+        raise ValueError(
+            f"num_classes={num_classes} needs a net that takes labels= (TimeMLP, UNet, or a ResidualFlowMap around one, "
+            f"built with num_classes={num_classes}); {type(net).__name__}.forward does not"
+        )
+    inner = next((m for m in net.modules() if hasattr(m, "num_classes")), None)
+    if inner is not None and inner.num_classes != num_classes:
+        raise ValueError(
+            f"the module has num_classes={num_classes} but its net's {type(inner).__name__} was built with "
+            f"num_classes={inner.num_classes}; build both with the same number (label num_classes is the null class)"
+        )
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run with every submodule in eval mode (no dropout), then restore each one's own mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class OneStepModule(pl.LightningModule):
@@ -94,6 +145,7 @@ class OneStepModule(pl.LightningModule):
                 f"guidance_scale={guidance_scale} needs a class-conditional model trained with label dropout: "
                 "set num_classes and label_dropout > 0 (e.g. 0.1), or guidance_scale=1"
             )
+        check_net_labels(net, num_classes)
         self.num_classes, self.label_dropout, self.guidance_scale = num_classes, label_dropout, guidance_scale
         self._labels_checked = False
         self.net = net
@@ -118,6 +170,19 @@ class OneStepModule(pl.LightningModule):
             allowed = "any positive number" if self.supported_steps is None else list(self.supported_steps)
             raise ValueError(f"{type(self).__name__}.sample does not support steps={steps}; allowed: {allowed}")
 
+    def sample_input(self, x0, steps: int, labels) -> tuple[Tensor, Tensor | None]:
+        """What :meth:`sample` maps: ``x0`` ``(n, *data_shape)`` (a tensor or an array) on the module's
+        device and in its dtype, and the checked ``labels``; ``ValueError`` naming the bad argument.
+        :meth:`sample` runs the net in eval mode (:func:`eval_mode`) and returns ``x0``'s float dtype."""
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        self.check_steps(steps)
+        x0 = torch.as_tensor(x0)
+        if tuple(x0.shape[1:]) != self.data_shape or x0.ndim < 1:
+            raise ValueError(f"x0 must have shape (n, *data_shape) = (n, {', '.join(map(str, self.data_shape))}), got {tuple(x0.shape)}")
+        z = x0.to(device=self.device, dtype=self.dtype)
+        return z, self.check_labels(labels, z.shape[0])
+
     @torch.no_grad()
     def generate(
         self, n: int, steps: int = 1, generator: torch.Generator | None = None, labels: Tensor | None = None
@@ -127,7 +192,7 @@ class OneStepModule(pl.LightningModule):
         A class-conditional module generates ``labels`` ``(n,)``, by default the balanced sequence
         ``0, 1, ..., num_classes - 1, 0, 1, ...``.
         """
-        x0 = draw_source(self.source, n, self.data_shape, generator=generator, device=self.device)
+        x0 = draw_source(self.source, n, self.data_shape, generator=generator, device=self.device).to(self.dtype)
         if labels is None and self.num_classes is not None:
             labels = torch.arange(n, device=self.device) % self.num_classes
         return self.sample(x0, steps=steps, labels=labels)
@@ -139,10 +204,17 @@ class OneStepModule(pl.LightningModule):
             return None
         if self.num_classes is None:
             raise ValueError(f"labels were given but {type(self).__name__} is unconditional; build it with num_classes")
-        labels = torch.as_tensor(labels, device=self.device).long()
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
-        return labels
+        if n and not 0 <= int(labels.min()) <= int(labels.max()) <= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}] ({self.num_classes}: the null label, unconditional), "
+                f"got [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return labels.long()
 
     def condition(self, pair: Pair) -> Tensor | None:
         """Labels the net sees for a batch: ``None`` when unconditional; else ``pair.labels`` with
@@ -228,7 +300,9 @@ class OneStepModule(pl.LightningModule):
         pair = self._as_pair(batch)
         loss, logs = self.loss(pair)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}; lower lr or check the data")
+            bad = [name for name in ("x0", "x1") if not torch.isfinite(getattr(pair, name)).all()]
+            cause = f"the batch's {' and '.join(bad)} hold NaN/Inf; check the data" if bad else "the batch is finite: lower lr"
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}: {cause}")
         n = len(pair)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=n)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..data.datamodule import Pair
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, draw_times, flat_dim
+from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore
 
 __all__ = ["OTMeanFlow"]
 
@@ -103,16 +103,20 @@ class OTMeanFlow(OneStepModule):
         check_time_dist(time_dist)
         if not 0.0 <= interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in [0, 1], got {interval_fraction}")
-        if not 0.0 <= guidance_kappa < 1.0 or (guidance_kappa and num_classes is None):
-            raise ValueError(f"guidance_kappa must be in [0, 1) and needs num_classes, got {guidance_kappa}")
+        if not 0.0 <= guidance_kappa < 1.0 or (guidance_kappa and (num_classes is None or label_dropout == 0.0)):
+            raise ValueError(
+                f"guidance_kappa must be in [0, 1) and needs a class-conditional model trained with label dropout "
+                f"(num_classes and label_dropout > 0), got guidance_kappa={guidance_kappa}"
+            )
         if net is None:
+            check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
         super().__init__(
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
         self.guidance_kappa = guidance_kappa
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=hparams_ignore())
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.interval_fraction, self.fm_warmup_steps = interval_fraction, fm_warmup_steps
         self.adaptive_p, self.adaptive_c, self.jvp_no_grad = adaptive_p, adaptive_c, jvp_no_grad
@@ -197,11 +201,10 @@ class OTMeanFlow(OneStepModule):
         is one network call: ``x0 + u(x0, 0, 1)``. ``labels`` ``(n,)``: classes to generate
         (guided, if trained with ``guidance_scale``); ``None``: the unconditional model.
         """
-        self.check_steps(steps)
-        z = x0.to(self.device)
-        labels = self.check_labels(labels, z.shape[0])
+        z, labels = self.sample_input(x0, steps, labels)
         grid = torch.linspace(0.0, 1.0, steps + 1, device=z.device, dtype=z.dtype)
-        for t, e in zip(grid[:-1], grid[1:]):
-            tt, ee = t.expand(z.shape[0]), e.expand(z.shape[0])
-            z = z + (e - t) * self.average_velocity(z, tt, ee, labels)
-        return z
+        with eval_mode(self):
+            for t, e in zip(grid[:-1], grid[1:]):
+                tt, ee = t.expand(z.shape[0]), e.expand(z.shape[0])
+                z = z + (e - t) * self.average_velocity(z, tt, ee, labels)
+        return z.to(x0.dtype) if torch.is_tensor(x0) and x0.is_floating_point() else z

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..data.datamodule import Pair
 from ..nets.flows import ResidualFlowMap
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, draw_times, flat_dim
+from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore
 
 __all__ = ["OTNeuralFlowMatching", "variance_ratio"]
 
@@ -85,12 +85,13 @@ class OTNeuralFlowMatching(OneStepModule):
         if endpoint_weight < 0:
             raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
         if net is None:
+            check_vector_data(data_shape, "ResidualFlowMap(UNet(in_channels=C, num_times=1))")
             net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1, num_classes=num_classes))
         super().__init__(
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=hparams_ignore())
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.endpoint_weight = endpoint_weight
 
@@ -128,6 +129,8 @@ class OTNeuralFlowMatching(OneStepModule):
         loss, _ = self.loss(pair)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
         # collapse detector: one-step samples of this batch's source against its targets
+        if len(pair) < 2:  # no variance in one sample
+            return
         labels = None if self.num_classes is None else pair.labels
         self.log("val/var_ratio", variance_ratio(self.sample(pair.x0, labels=labels), pair.x1), sync_dist=True, batch_size=len(pair))
 
@@ -143,10 +146,10 @@ class OTNeuralFlowMatching(OneStepModule):
     def sample(self, x0: Tensor, steps: int = 1, labels: Tensor | None = None) -> Tensor:
         """One call of the map: ``F(x0, 1)``, ``x0`` ``(n, *data_shape)`` -> ``(n, *data_shape)``;
         ``labels`` ``(n,)``: classes to generate (``None``: the unconditional model)."""
-        self.check_steps(steps)
-        x0 = x0.to(self.device)
-        labels = self.check_labels(labels, x0.shape[0])
-        return self.flow_map(x0, torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype), labels)
+        z, labels = self.sample_input(x0, steps, labels)
+        with eval_mode(self):
+            z = self.flow_map(z, torch.ones(z.shape[0], device=z.device, dtype=z.dtype), labels)
+        return z.to(x0.dtype) if torch.is_tensor(x0) and x0.is_floating_point() else z
 
     @torch.no_grad()
     def inverse(self, x1: Tensor) -> Tensor:
@@ -157,5 +160,9 @@ class OTNeuralFlowMatching(OneStepModule):
                 f"inverse() needs an invertible flow map with an inverse(y, t) method (ResNetFlow, AffineCouplingFlow); "
                 f"this module's net is a {type(self.net).__name__}"
             )
-        x1 = x1.to(self.device)
-        return inverse(x1, torch.ones(x1.shape[0], device=x1.device, dtype=x1.dtype))
+        z = torch.as_tensor(x1).to(device=self.device, dtype=self.dtype)
+        if tuple(z.shape[1:]) != self.data_shape:
+            raise ValueError(f"x1 must have shape (n, *data_shape) = (n, {', '.join(map(str, self.data_shape))}), got {tuple(z.shape)}")
+        with eval_mode(self):
+            z = inverse(z, torch.ones(z.shape[0], device=z.device, dtype=z.dtype))
+        return z.to(x1.dtype) if torch.is_tensor(x1) and x1.is_floating_point() else z

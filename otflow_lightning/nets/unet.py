@@ -34,9 +34,14 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 
+def _divisor_at_most(channels: int, limit: int) -> int:
+    """The largest divisor of ``channels`` that is at most ``limit`` (at least 1)."""
+    return max(g for g in range(1, max(1, limit) + 1) if channels % g == 0)
+
+
 def _groups(channels: int) -> int:
-    """GroupNorm groups: 32 where the width allows (EDM), fewer for narrow layers."""
-    return math.gcd(32, channels) if channels >= 32 else max(1, channels // 4)
+    """GroupNorm groups: 32 where the width allows (EDM), fewer for narrow layers; always divides the width."""
+    return math.gcd(32, channels) if channels >= 32 else _divisor_at_most(channels, channels // 4)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -71,7 +76,7 @@ class Attention(nn.Module):
 
     def __init__(self, channels: int, head_dim: int = 64) -> None:
         super().__init__()
-        self.heads = max(1, channels // head_dim)
+        self.heads = _divisor_at_most(channels, channels // head_dim)
         self.norm = nn.GroupNorm(_groups(channels), channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
