@@ -97,3 +97,34 @@ def test_cached_real_fid_matches_torchmetrics_and_scipy_sqrtm():
         scipy_fid = ((f_r.mean(0) - f_g.mean(0)) ** 2).sum() + np.trace(s_r + s_g - 2 * linalg.sqrtm(s_r @ s_g).real)
         assert float(ours.compute()) == pytest.approx(float(reference.compute()), rel=1e-5)
         assert float(ours.compute()) == pytest.approx(scipy_fid, rel=1e-5)
+
+
+def test_exact_w2_of_non_finite_samples_is_nan_not_zero():
+    x, y = torch.randn(20, 2), torch.randn(20, 2)
+    x[3, 1] = float("nan")
+    assert torch.isnan(wasserstein2_squared(x, y))  # POT scored it 0, the best value
+    metric = Wasserstein2()
+    metric.update(x, real=False)
+    metric.update(y, real=True)
+    assert torch.isnan(metric.compute())
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-7, 0.0), (1e7, 0.0), (1.0, 1e7)])
+def test_exact_w2_holds_at_any_scale_and_offset(scale, offset):
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 2, generator=gen, dtype=torch.float64), torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    reference = float(wasserstein2_squared(x, y))
+    assert float(wasserstein2_squared(x * scale + offset, y * scale + offset)) / scale**2 == pytest.approx(reference, rel=1e-9)
+
+
+def test_metrics_refuse_mixed_or_empty_sample_shapes():
+    with pytest.raises(ValueError, match="same sample shape"):
+        wasserstein2_squared(torch.randn(5, 2, 3), torch.randn(5, 3, 2))
+    with pytest.raises(ValueError, match="at least one sample"):
+        wasserstein2_squared(torch.randn(0, 2), torch.randn(5, 2))
+    for metric in (Wasserstein2(), SlicedWasserstein2()):
+        metric.update(torch.randn(8, 4), real=True)
+        with pytest.raises(ValueError, match=r"samples of shape \(6,\) after samples of shape \(4,\)"):
+            metric.update(torch.randn(8, 6), real=False)
+        metric.reset()
+        metric.update(torch.randn(8, 6), real=False)  # a reset starts afresh

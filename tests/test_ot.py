@@ -425,3 +425,54 @@ def test_multiscale_sweeps_never_raise_the_cost_and_close_more_of_the_gap():
     gaps = [gap_closed(x0, x1, OTCoupler("multiscale", leaf_size=128, sweeps=s).match(x0, x1)) for s in (0, 1, 3)]
     assert gaps[0] <= gaps[1] <= gaps[2] <= 1.0
     assert gaps[2] > gaps[0] + 0.01
+
+
+@pytest.mark.parametrize("method", sorted(SOLVERS))
+def test_one_pair_and_identical_points_are_solved_not_budget_errors(method):
+    """n = 1 and a constant cost (all points equal): every permutation is optimal; none may hit a budget."""
+    for x0, x1 in [(torch.randn(1, 3), torch.randn(1, 3)), (torch.ones(9, 3), torch.ones(9, 3))]:
+        coupling = OTCoupler(method).couple(x0, x1)
+        assert coupling.converged and is_permutation(coupling.perm, x0.shape[0])
+
+
+@pytest.mark.parametrize("method", ["exact", "emd", "multiscale"])
+@pytest.mark.parametrize("scale", [1e-7, 1e7])
+def test_network_simplex_is_exact_at_any_cost_scale(method, scale):
+    """POT's simplex has an absolute tolerance: on raw costs of 1e-14 it stopped at 7x the optimum."""
+    x0, x1 = (x * scale for x in clouds(128, 2, seed=3))
+    cost = squared_euclidean(x0.double(), x1.double())
+    optimum = cost[torch.arange(128), OTCoupler("lsa").match(x0.double(), x1.double())].sum()
+    perm = OTCoupler(method, leaf_size=32).match(x0, x1) if method == "multiscale" else OTCoupler(method).match(x0, x1)
+    if method == "multiscale":  # not exact, but its coarse transport must not be the weak link
+        assert cost[torch.arange(128), perm].sum() <= 1.05 * optimum
+    else:
+        assert float(cost[torch.arange(128), perm].sum() / optimum) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_emd_budget_follows_the_failure_policy():
+    x0, x1 = clouds(64, 2)
+    coupling = OTCoupler("exact", max_iter=3, on_failure="warn").couple(x0, x1)
+    assert not coupling.converged and coupling.failures == 1 and is_permutation(coupling.perm, 64)
+    sampled = OTCoupler("emd", max_iter=3, on_failure="warn", plan_sampler=True).couple(x0, x1)
+    assert is_permutation(sampled.perm, 64)  # the rounded plan is a permutation's
+    with pytest.raises(RuntimeError, match="stopped at its budget"):
+        OTCoupler("exact", max_iter=3).couple(x0, x1)
+
+
+def test_bad_dtypes_and_label_shapes_name_the_argument():
+    x0, x1 = clouds(12, 2)
+    labels = torch.arange(12) % 3
+    with pytest.raises(ValueError, match="x0 .* must be a floating-point tensor, got torch.uint8"):
+        OTCoupler("exact").couple(x0.to(torch.uint8), x1.to(torch.uint8))
+    with pytest.raises(ValueError, match=r"must be 1-D, one class index per sample \(12,\)"):
+        OTCoupler("exact").match(x0, x1, labels[:, None], labels[:, None])
+    with pytest.raises(ValueError, match="labels c0 hold NaN"):
+        OTCoupler("exact").match(x0, x1, labels.float().index_fill(0, torch.tensor([2]), float("nan")), labels.float())
+
+
+def test_bsp_takes_non_contiguous_points():
+    x0, x1 = (x.T.contiguous().T for x in clouds(64, 2))  # column-major views
+    assert not x0.is_contiguous()
+    perm = OTCoupler("bsp").match(x0, x1)
+    optimum = pair_cost(x0, x1[OTCoupler("lsa").match(x0, x1)]).sum()
+    assert is_permutation(perm, 64) and pair_cost(x0, x1[perm]).sum() <= 1.1 * optimum

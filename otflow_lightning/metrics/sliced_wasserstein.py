@@ -14,6 +14,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from .wasserstein import SampleShape, check_samples
+
 __all__ = ["random_directions", "sliced_wasserstein2_squared", "SlicedWasserstein2"]
 
 
@@ -47,15 +49,14 @@ def sliced_wasserstein2_squared(x: Tensor, y: Tensor, n_projections: int = 256, 
         >>> float(sliced_wasserstein2_squared(x, x))
         0.0
     """
-    if x.shape[1:] != y.shape[1:]:
-        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same sample shape")
+    check_samples(x, y)
     a = x.detach().reshape(x.shape[0], -1).double()
     b = y.detach().reshape(y.shape[0], -1).to(a.device).double()
     theta = random_directions(a.shape[1], n_projections, seed).to(a.device)
     return _projected_w2_squared(a @ theta, b @ theta).cpu()
 
 
-class SlicedWasserstein2(Metric):
+class SlicedWasserstein2(SampleShape, Metric):
     """Sliced :math:`W_2^2` between generated (``update(x, real=False)``) and real samples.
 
     ``update`` stores only the ``(n, n_projections)`` projections, so memory and the cross-rank
@@ -80,6 +81,7 @@ class SlicedWasserstein2(Metric):
         self.add_state("real", default=[], dist_reduce_fx="cat")
 
     def update(self, x: Tensor, real: bool) -> None:
+        self.check_shape(x)
         x = x.detach().reshape(x.shape[0], -1).double()
         if self._theta is None or self._theta.shape[0] != x.shape[1] or self._theta.device != x.device:
             self._theta = random_directions(x.shape[1], self.n_projections, self.seed).to(x.device)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .costs import cpu_float64, squared_euclidean
+from .costs import simplex_scaled, squared_euclidean
 
 __all__ = ["kmeans", "cluster_means", "coarse_transport", "flat_features"]
 
@@ -80,7 +80,7 @@ def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: i
     n = a.shape[0]
     labels = kmeans(b, k, iterations, torch.Generator().manual_seed(seed), sample=128 * k)[1]
     centres, capacity = cluster_means(b, labels, k)  # the exact means of the final clusters (the argument above)
-    coarse = cpu_float64(squared_euclidean(a, centres))
+    coarse = simplex_scaled(squared_euclidean(a, centres))[0]
     plan = ot.emd(np.ones(n), capacity.cpu().double().numpy(), coarse, numItermax=100_000_000)
     assign = plan.argmax(1)
     if not np.array_equal(np.bincount(assign, minlength=k), capacity.cpu().numpy()):

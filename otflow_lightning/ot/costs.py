@@ -68,6 +68,23 @@ def cpu_float64(cost: Tensor) -> np.ndarray:
     return np.ascontiguousarray(cost.detach().to("cpu", torch.float64).numpy())
 
 
+def simplex_scaled(cost: Tensor | np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``((C - low) / scale, low, scale)``: the cost as a contiguous float64 array in [0, 1].
+
+    POT's network simplex (``ot.emd``) tests reduced costs against an absolute tolerance, so on tiny
+    costs it stops early (7x the optimum at coordinates of 1e-7). A shift and a positive scale
+    change no optimal plan (every plan with the same marginals pays the shift once); the optimal
+    value of ``C`` is ``value * scale + low`` for a plan of total mass 1.
+    """
+    c = np.array(cost.detach().cpu() if isinstance(cost, Tensor) else cost, dtype=np.float64)  # a copy
+    low = float(c.min()) if c.size else 0.0
+    scale = float(c.max()) - low if c.size else 0.0
+    c -= low
+    if scale > 0:
+        c /= scale
+    return np.ascontiguousarray(c), low, scale if scale > 0 else 1.0
+
+
 def label_mismatch(c0: Tensor, c1: Tensor) -> Tensor:
     """``(n, m)`` float matrix that is 1 where the labels differ and 0 where they agree."""
     return (c0.reshape(-1, 1) != c1.reshape(1, -1)).to(torch.float64)

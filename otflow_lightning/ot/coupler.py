@@ -134,12 +134,20 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
             "check that the source's shape matches the data (DataModule `source` / `data_shape`)"
         )
     for name, x in (("x0 (source)", x0), ("x1 (target)", x1)):
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}; convert it with .float()")
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # a finite sum has finite terms
             raise ValueError(f"{name} holds NaN or Inf values; clean the data or check the transform that produced them")
     if (c0 is None) != (c1 is None):
         raise ValueError("give labels for both sides (c0 and c1) or for neither")
-    if c0 is not None and (c0.shape[0] != x0.shape[0] or c1.shape[0] != x1.shape[0]):
-        raise ValueError(f"labels c0 {tuple(c0.shape)} / c1 {tuple(c1.shape)} must have one entry per sample")
+    if c0 is not None and (c0.shape != x0.shape[:1] or c1.shape != x1.shape[:1]):
+        raise ValueError(
+            f"labels c0 {tuple(c0.shape)} / c1 {tuple(c1.shape)} must be 1-D, one class index per sample "
+            f"({x0.shape[0]},); flatten (n, 1) labels and turn one-hot labels into indices with argmax(1)"
+        )
+    for name, c in (("c0", c0), ("c1", c1)):
+        if c is not None and c.is_floating_point() and not torch.isfinite(c).all():
+            raise ValueError(f"labels {name} hold NaN or Inf values")
 
 
 class OTCoupler:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .clusters import coarse_transport, flat_features, kmeans
-from .costs import cpu_float64, squared_euclidean
+from .costs import cpu_float64, simplex_scaled, squared_euclidean
 
 __all__ = [
     "SOLVERS",
@@ -117,31 +117,30 @@ def solve_independent(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(torch.arange(cost.shape[0], device=cost.device))
 
 
-def _emd(cost: Tensor, max_iter: int, threads: int) -> np.ndarray:
-    import ot
-
-    n = cost.shape[0]
-    w = np.full(n, 1.0 / n)
-    plan, log = ot.emd(w, w, cpu_float64(cost), numItermax=max_iter, numThreads=threads, log=True)
-    if log.get("result_code", 1) != 1:
-        raise RuntimeError(f"exact OT (ot.emd) did not converge: {log.get('warning')}; raise max_iter (now {max_iter})")
-    return plan
-
-
 def plan_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> TransportPlan:
     """Exact OT plan by POT's network simplex (``ot.emd``), CPU, float64, returned on the cost's device.
 
     With uniform marginals of equal size the simplex ends on a vertex of the Birkhoff polytope: a
-    permutation matrix scaled by ``1/n``. Raises ``RuntimeError`` if it stops at ``max_iter``
-    before optimality.
+    permutation matrix scaled by ``1/n``. The cost is first scaled to [0, 1]
+    (:func:`~otflow_lightning.ot.costs.simplex_scaled`). Stopped at ``max_iter`` before optimality,
+    the simplex's last plan is rounded by :func:`round_plan` and marked unconverged.
     """
-    return TransportPlan(torch.from_numpy(_emd(cost, max_iter, threads)).to(cost.device))
+    import ot
+
+    n = cost.shape[0]
+    w = np.full(n, 1.0 / n)
+    plan, log = ot.emd(w, w, simplex_scaled(cost)[0], numItermax=max_iter, numThreads=threads, log=True)
+    plan = torch.from_numpy(plan).to(cost.device)
+    converged = log.get("result_code", 1) == 1
+    if not converged:  # the last basis can leave rows empty: round it to a permutation's plan
+        plan = torch.zeros_like(plan).scatter_(1, round_plan(plan, cost)[:, None], 1.0 / n)
+    return TransportPlan(plan, converged=converged)
 
 
 def solve_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> Solution:
     """Exact assignment: the row argmax of :func:`plan_emd`'s permutation plan (taken on the CPU)."""
-    perm = _from_numpy(_emd(cost, max_iter, threads).argmax(1), cost.device)
-    return Solution(check_permutation(perm, cost.shape[0], "emd"))
+    plan = plan_emd(cost, max_iter=max_iter, threads=threads)
+    return Solution(check_permutation(plan.plan.argmax(1), cost.shape[0], "emd"), converged=plan.converged)
 
 
 def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
@@ -408,8 +407,10 @@ def solve_auction(
     """
     n = cost.shape[0]
     cost = cost - cost.mean()
+    scale = cost.std() if n > 1 else torch.zeros((), dtype=cost.dtype, device=cost.device)
+    if not scale > 0:  # one pair, or a constant cost: every permutation is optimal (one host sync)
+        return Solution(torch.arange(n, device=cost.device), iterations=0)
     tail = int(tail * n)
-    scale = cost.std() if n > 1 else torch.ones((), dtype=cost.dtype, device=cost.device)
     phases = max(1, math.ceil(math.log(eps_start / eps_final) / math.log(eps_factor)) + 1)
     if cuda_graph and cost.is_cuda:
         auction = _graphed_auction(n, cost.dtype, cost.device, check_every)
@@ -450,8 +451,10 @@ def plan_sinkhorn(
     n = cost.shape[0]
     work = cost.to(torch.float64) if cost.dtype != torch.float64 else cost
     work = work - work.min()
-    reg = float(epsilon * work.std()) if n > 1 else 1.0
+    reg = float(epsilon * work.std()) if n > 1 else 0.0
     w = torch.full((n,), 1.0 / n, dtype=work.dtype, device=work.device)
+    if not reg > 0:  # one pair, or a constant cost: every plan is optimal
+        return TransportPlan(w[:, None] * w[None, :], iterations=0)
     plan, log = ot.sinkhorn(w, w, work, reg, method="sinkhorn_log", numItermax=max_iter, stopThr=tol, log=True, warn=False)
     if not torch.isfinite(plan).all():
         raise RuntimeError(f"Sinkhorn produced a non-finite plan (epsilon={epsilon}); raise epsilon")
@@ -488,7 +491,7 @@ def plan_lowrank(
     ``max_iter`` above ``tol``.
 
     Args:
-        rank: non-negative rank of the plan (at most ``n``).
+        rank: non-negative rank of the plan (capped at ``n``).
         epsilon: entropic regularisation on the rescaled cost.
         max_iter, tol: budget and tolerance (L1 error of the marginals, which sum to 1) of the inner
             Dykstra iterations. POT's default tolerance, 1e-7, costs 3-5x the time for the same
@@ -506,6 +509,7 @@ def plan_lowrank(
 
     if rank < 1:
         raise ValueError(f"lowrank needs rank >= 1, got {rank}")
+    rank = min(rank, x0.shape[0])
     cpu = x0.device.type == "cpu"
     init = init or ("kmeans" if cpu else "random")
     if init not in ("kmeans", "random") or (init == "kmeans" and not cpu):
@@ -540,12 +544,12 @@ def round_plan(plan: Tensor, cost: Tensor) -> Tensor:
     n = plan.shape[0]
     mass, col = plan.max(1)
     claim = torch.full((n,), -1.0, dtype=mass.dtype, device=mass.device).scatter_reduce(0, col, mass, "amax")
-    keep = mass == claim[col]
+    keep = (mass == claim[col]) & (mass > 0)
     # one row per column even on ties: the highest row index among the maximal ones
     rows = torch.arange(n, device=plan.device)
     holder = torch.full((n,), -1, dtype=torch.long, device=plan.device).scatter_reduce(0, col, torch.where(keep, rows, -1), "amax")
     keep &= holder[col] == rows
-    return check_permutation(complete_exactly(torch.where(keep, col, -1), cost), n, "sinkhorn")
+    return check_permutation(complete_exactly(torch.where(keep, col, -1), cost), n, "round_plan")
 
 
 def complete_exactly(assigned: Tensor, cost: Tensor) -> Tensor:
@@ -569,8 +573,8 @@ def solve_bsp(cost: Tensor | None, x0: Tensor, x1: Tensor, n_plans: int = 64, se
     """
     import ot
 
-    a = x0.detach().reshape(x0.shape[0], -1).to("cpu", torch.float64).numpy()
-    b = x1.detach().reshape(x1.shape[0], -1).to("cpu", torch.float64).numpy()
+    a = cpu_float64(x0.reshape(x0.shape[0], -1))
+    b = cpu_float64(x1.reshape(x1.shape[0], -1))
     _, perm, _ = ot.compute_bspot_bijection(a, b, n_plans=n_plans, seed=seed)
     return Solution(check_permutation(_from_numpy(perm, x0.device), x0.shape[0], "bsp"), iterations=n_plans)
 
