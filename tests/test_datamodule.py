@@ -119,3 +119,33 @@ def test_generate_uses_the_models_source():
     x = model.generate(4000, generator=torch.Generator().manual_seed(0))  # zero velocity: output = source
     assert x.shape == (4000, 2)
     assert abs(x.norm(dim=1).mean().item() - 5.0) < 0.2  # the 8 Gaussians sit at radius 5
+
+
+def test_data_that_would_train_silently_wrong_is_refused():
+    with pytest.raises(ValueError, match="toy_size must be >= 1"):
+        OTPairDataModule(toy_size=0)
+    assert OTPairDataModule(val_size=0).val_dataloader() == []  # 0: no validation set
+    with pytest.raises(ValueError, match=r"val_target items have shape \(3,\) but the training data have \(2,\)"):
+        OTPairDataModule(val_target=torch.utils.data.TensorDataset(torch.randn(10, 3))).setup("fit")
+
+    class ByteImages(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.full((1, 4, 4), i, dtype=torch.uint8)
+
+    dm = OTPairDataModule(target=ByteImages(), batch_size=4, seed=0)
+    dm.trainer = fake_trainer()
+    with pytest.raises(ValueError, match="target samples must be floating point, got torch.uint8"):
+        first_batch(dm, dm.train_dataloader())
+
+
+def test_online_bank_of_another_training_set_is_refused_on_resume():
+    saved = OTPairDataModule(coupling="online", toy_size=4096, seed=0)
+    saved.setup("fit")
+    state = saved.state_dict()
+    resumed = OTPairDataModule(coupling="online", seed=0)  # toy_size 50000
+    resumed.setup("fit")
+    with pytest.raises(ValueError, match="bank holds 4096 points but the training set has 50000"):
+        resumed.load_state_dict(state)

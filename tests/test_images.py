@@ -136,3 +136,53 @@ def test_translation_draws_source_from_the_other_dataset(tmp_path):
     assert torch.allclose(pair.x1.flatten(1).std(1), torch.zeros(4), atol=1e-6)
     val = _first_batch(dm, training=False)
     torch.testing.assert_close(val.x0[0], DigitsDataset("test").images[0])
+
+
+def _flat_folder(root: Path, n: int = 6) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 30 * i, dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def test_named_folder_source_validates_on_its_training_images(tmp_path):
+    """A named source without a test split: validation pairs the test targets with the source's images."""
+    with pytest.raises(ValueError, match=r"dataset_options \['size'\] are not options of the 'cifar10'.*source_data as a Dataset"):
+        OTPairDataModule(target="digits", source_data="cifar10", dataset_options={"size": 8}).setup("fit")
+    root = str(_flat_folder(tmp_path / "src"))
+    folder = ImageFolderDataset(root, size=8, channels=1)
+    dm = OTPairDataModule(target=folder, val_target=folder, source_data="folder", root=root,
+                          dataset_options={"size": 8, "channels": 1}, batch_size=4)
+    val = _first_batch(dm, training=False)
+    assert val.x0.shape == val.x1.shape == (4, 1, 8, 8)
+    torch.testing.assert_close(val.x0, torch.stack([folder[i][0] for i in range(4)]))
+    small = OTPairDataModule(target="digits", source_data=folder, batch_size=8)
+    small.setup("fit")
+    with pytest.raises(ValueError, match="source_data has 6 samples, fewer than batch_size=8"):
+        small.train_dataloader()  # else every epoch has 0 steps and fit never ends
+
+
+def test_image_data_mistakes_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset_options \['hflip'\] are not options of the 'digits' dataset; it takes \['size'\]"):
+        OTPairDataModule(target="digits", dataset_options={"hflip": True}).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"set root \(data.init_args.root\)"):
+        ImageFolderDataset(str(tmp_path / "none"))
+    flat = str(_flat_folder(tmp_path / "flat"))
+    with pytest.raises(ValueError, match="conditional=True needs labels, but the image folder is flat"):
+        OTPairDataModule(target="folder", root=flat, dataset_options={"size": 8, "channels": 1}, conditional=True).setup("fit")
+    with pytest.warns(UserWarning, match="no test split, so there is no validation"):
+        OTPairDataModule(target="folder", root=flat, dataset_options={"size": 8, "channels": 1}).setup("fit")
+
+
+def test_cifar_download_refetches_an_incomplete_folder(tmp_path, monkeypatch):
+    (tmp_path / "cifar-10-batches-py").mkdir()  # present, but without its batches
+    calls = []
+
+    def fake_cifar10(root, train, download):  # what torchvision would do, without the network
+        calls.append(download)
+        write_cifar(Path(root), per_batch=2)
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    assert len(CIFAR10Dataset(str(tmp_path), download=True)) == 10 and calls == [True]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -130,6 +130,8 @@ class OTPairDataModule(pl.LightningDataModule):
                 raise ValueError(f"unknown {name} {value!r}; give a toy name {sorted(TOYS)}, an image dataset {IMAGE_DATASETS} or a Dataset")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if toy_size < 1 or val_size < 0:
+            raise ValueError(f"toy_size must be >= 1 and val_size >= 0 (0: no validation set), got {toy_size} and {val_size}")
         check_source(source)
         self.target, self.source = target, source
         if coupling == "online":
@@ -181,22 +183,45 @@ class OTPairDataModule(pl.LightningDataModule):
         base = 0 if self.seed is None else self.seed
         if isinstance(self.target, str) and self.target in TOYS:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
-            if self.val_target is None:
+            if self.val_target is None and self.val_size > 0:
                 self.val_target = ToyDataset(self.target, self.val_size, seed=base + 1_000_003)
         elif isinstance(self.target, str):
             self._train, val = self._image_splits(self.target)
             self.val_target = val if self.val_target is None else self.val_target
+            if self.val_target is None:
+                rank_zero_warn(
+                    f"target {self.target!r} has no test split, so there is no validation: sample grids, W2/FID callbacks and "
+                    "a checkpoint monitor on val/ metrics never run; pass val_target (a Dataset, e.g. an ImageFolderDataset "
+                    "of held-out images)"
+                )
         else:
             self._train = self.target
         if isinstance(self.source_data, str):
-            self._source_train, self._source_val = self._image_splits(self.source_data)
+            try:
+                self._source_train, self._source_val = self._image_splits(self.source_data)
+            except ValueError as err:
+                raise ValueError(f"{err} (a named source_data shares the target's dataset_options and root; pass "
+                                 "source_data as a Dataset to give it its own)") from None
+            self._source_val = self._source_val or self._source_train  # a folder has no test split
         elif self.source_data is not None:
             self._source_train = self._source_val = self.source_data
+        self._check_data()
         if self._source_train is None:
             shape = self.data_shape
             check_source(self.source, shape)
         if self.online is not None:  # __init__ rules out online + source_data
             self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
+
+    def _check_data(self) -> None:
+        """Raise ``ValueError`` for data that would train silently wrong: class labels that are all
+        one folder's, validation samples of another shape than the training ones."""
+        if self.conditional and getattr(self._train, "classes", None) == []:
+            raise ValueError("conditional=True needs labels, but the image folder is flat (every label 0): put the "
+                             "images in one subfolder per class")
+        if self.val_target is not None and len(self.val_target) and len(self._train):
+            val_shape, train_shape = (tuple(_split_item(d[0])[0].shape) for d in (self.val_target, self._train))
+            if val_shape != train_shape:
+                raise ValueError(f"val_target items have shape {val_shape} but the training data have {train_shape}")
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
         """Training and test split of a named image dataset (folders have no test split)."""
@@ -236,6 +261,8 @@ class OTPairDataModule(pl.LightningDataModule):
             target = self._loader(self._train, shuffle=True, drop_last=True)
         if self._source_train is None:
             return target
+        if len(self._source_train) < self.batch_size:  # else every epoch has 0 steps and fit never ends
+            raise ValueError(f"source_data has {len(self._source_train)} samples, fewer than batch_size={self.batch_size}")
         source = self._loader(self._source_train, shuffle=True, drop_last=True)
         return CombinedLoader({"target": target, "source": source}, mode="max_size_cycle")
 
@@ -314,11 +341,14 @@ class OTPairDataModule(pl.LightningDataModule):
     def _pair(self, batch: Any, training: bool) -> Pair:
         if isinstance(batch, dict):  # translation, training: separately shuffled source batches
             (index, item), source_item = batch["target"], batch["source"][1]
-        elif self._source_train is not None:  # translation, validation: ZipDataset pairs
+        elif self._source_val is not None:  # translation, validation: ZipDataset pairs
             index, (item, source_item) = batch
         else:
             (index, item), source_item = batch, None
         x1, labels = _split_item(item)
+        if not x1.is_floating_point():
+            raise ValueError(f"target samples must be floating point, got {x1.dtype}: scale images to floats "
+                             "(the built-in datasets give [-1, 1])")
         if training and self.conditional and labels is None:
             raise ValueError("conditional=True needs a labelled target: dataset items must be (x, label) tuples")
         generator = self.generator(x1.device) if training else self._val_generator(x1.device, index)
@@ -354,4 +384,10 @@ class OTPairDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.online is not None and "online" in state_dict:
+            bank = state_dict["online"].get("bank")
+            if bank is not None and self._train is not None and bank.shape[0] != len(self._train):
+                raise ValueError(
+                    f"the checkpoint's online coupling bank holds {bank.shape[0]} points but the training set has "
+                    f"{len(self._train)}; resume with the same target and toy_size"
+                )
             self.online.load_state_dict(state_dict["online"])

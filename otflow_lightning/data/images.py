@@ -16,6 +16,7 @@ is what ``OTPairDataModule(target="cifar10", root=..., download=...)`` calls.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from pathlib import Path
@@ -130,18 +131,19 @@ class CIFAR10Dataset(_TensorImages):
         root: folder holding ``cifar-10-batches-py`` (``data_batch_1`` ... ``data_batch_5``,
             ``test_batch``).
         train: the five training batches (50k) or the test batch (10k).
-        download: fetch and verify the archive with torchvision if the folder is missing.
+        download: fetch and verify the archive with torchvision if a needed batch file is missing.
         hflip: random horizontal flips (training augmentation).
     """
 
     def __init__(self, root: str = "data", train: bool = True, download: bool = False, hflip: bool = False) -> None:
         folder = Path(root) / "cifar-10-batches-py"
-        if download and not folder.is_dir():
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        missing = [n for n in names if not (folder / n).is_file()]
+        if download and missing:  # torchvision verifies the archive and extracts it again
             from torchvision.datasets import CIFAR10
 
             CIFAR10(root, train=train, download=True)
-        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-        missing = [n for n in names if not (folder / n).is_file()]
+            missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise _missing(f"CIFAR-10 ({', '.join(missing)})", folder)
         images, labels = [], []
@@ -169,11 +171,12 @@ class ImageFolderDataset(Dataset):
         if channels not in (1, 3):
             raise ValueError(f"ImageFolderDataset channels must be 1 or 3, got {channels}")
         base = Path(root)
+        fix = "set root (data.init_args.root) to the folder of images"
         if not base.is_dir():
-            raise FileNotFoundError(f"image folder {os.path.abspath(root)} does not exist")
+            raise FileNotFoundError(f"image folder {os.path.abspath(root)} does not exist; {fix}")
         self.files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.abspath(root)}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.abspath(root)}; {fix}")
         tops = [p.relative_to(base).parts for p in self.files]
         self.classes = sorted({t[0] for t in tops}) if all(len(t) > 1 for t in tops) else []
         self.labels = [self.classes.index(t[0]) if self.classes else 0 for t in tops]
@@ -224,6 +227,11 @@ def image_dataset(name: str, root: str = "data", train: bool = True, download: b
         **options: passed to the dataset (``size`` for digits and folders, ``pad`` for MNIST,
             ``hflip`` for CIFAR-10 and folders, ``channels`` for folders).
     """
+    classes = {"digits": DigitsDataset, "mnist": MNISTDataset, "cifar10": CIFAR10Dataset, "folder": ImageFolderDataset}
+    if name in classes:
+        accepted = sorted(set(inspect.signature(classes[name]).parameters) - {"split", "root", "train", "download"})
+        if unknown := sorted(set(options) - set(accepted)):
+            raise ValueError(f"dataset_options {unknown} are not options of the {name!r} dataset; it takes {accepted}")
     if name == "digits":
         return DigitsDataset("train" if train else "test", **options)
     if name == "mnist":
