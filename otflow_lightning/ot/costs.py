@@ -76,13 +76,18 @@ def simplex_scaled(cost: Tensor | np.ndarray) -> tuple[np.ndarray, float, float]
     change no optimal plan (every plan with the same marginals pays the shift once); the optimal
     value of ``C`` is ``value * scale + low`` for a plan of total mass 1.
     """
-    c = np.array(cost.detach().cpu() if isinstance(cost, Tensor) else cost, dtype=np.float64)  # a copy
-    low = float(c.min()) if c.size else 0.0
-    scale = float(c.max()) - low if c.size else 0.0
-    c -= low
+    t = torch.as_tensor(cost).detach()
+    low, high = (float(v) for v in torch.aminmax(t)) if t.numel() else (0.0, 0.0)
+    work = t.to("cpu", torch.float64).contiguous()
+    c = work.numpy()
+    if work.data_ptr() == t.data_ptr():  # no conversion made a copy: never write into the caller's cost
+        c = np.subtract(c, low)
+    else:
+        c -= low
+    scale = high - low
     if scale > 0:
-        c /= scale
-    return np.ascontiguousarray(c), low, scale if scale > 0 else 1.0
+        c *= 1.0 / scale
+    return c, low, scale if scale > 0 else 1.0
 
 
 def label_mismatch(c0: Tensor, c1: Tensor) -> Tensor:
