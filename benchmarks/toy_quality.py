@@ -164,7 +164,7 @@ def main(argv=None):
     p.add_argument("--config", default=os.path.join(REPO, "configs", "toy.yaml"))
     p.add_argument("--set", nargs="*", default=[], help="config overrides key.path=value")
     p.add_argument("--methods", nargs="*", default=["otmf", "meanflow-indep", "otcfm"])
-    p.add_argument("--pairs", nargs="*", default=list(PAIRS))
+    p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--otcfm-lr", type=float, default=1e-3, help="OT-CFM's learning rate (its usual 1e-3)")
