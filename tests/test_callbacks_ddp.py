@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from eval_modules import ImageModule, PixelFeatures, real_images
-from otflow_lightning.callbacks import FIDCallback, WassersteinCallback
+from otflow_lightning.callbacks import FIDCallback, SamplingCallback, WassersteinCallback
 
 N_GEN, N_REAL = 40, 30  # neither divisible into equal shares by a padding sampler over 2 ranks
 
@@ -30,6 +30,7 @@ def _validate(devices: int, cache_fid: str, cache_fresh: str, root: str) -> dict
         FIDCallback(real, N_GEN, N_REAL, feature=PixelFeatures(), batch_size=16, cache_dir=cache_fresh, name="fid_fresh"),
         WassersteinCallback(N_GEN, N_REAL, method="exact", real=real, batch_size=16),
         WassersteinCallback(N_GEN, N_REAL, method="sliced", real=real, batch_size=16),
+        SamplingCallback(n_samples=4),  # reads log_dir, a broadcast: it hung DDP when only rank 0 asked
         _ExitTogether(),
     ]
     trainer = pl.Trainer(
@@ -61,3 +62,4 @@ def test_two_ranks_match_one_rank(tmp_path):
     b, c = (torch.load(tmp_path / d / file_b) for d in "bc")
     assert int(b["real_features_num_samples"]) == int(c["real_features_num_samples"]) == N_REAL
     torch.testing.assert_close(b["real_features_cov_sum"], c["real_features_cov_sum"])
+    assert len(list((tmp_path / "samples").glob("step*.png"))) >= 1  # rank 0 wrote the grid, no rank hung

@@ -99,6 +99,7 @@ class SamplingCallback(EvalCallback):
         eval_steps(pl_module, self.steps)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
+        log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask, or DDP hangs
         if not trainer.is_global_zero:
             return {}
         _, shape = check_protocol(pl_module)
@@ -109,7 +110,7 @@ class SamplingCallback(EvalCallback):
         labelled = {f"{s} step{'s' if s > 1 else ''}": x for s, x in self.last_samples.items()}
         reference = batch_target(batch) if len(shape) == 1 else None
         image = render_samples(labelled, reference=reference, title=f"step {trainer.global_step}")
-        folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "samples")
+        folder = os.path.join(log_dir or trainer.default_root_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         self.last_path = os.path.join(folder, f"step{trainer.global_step:07d}.png")
         import matplotlib.pyplot as plt
