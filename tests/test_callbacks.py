@@ -217,11 +217,16 @@ def test_wasserstein_against_the_training_set_of_an_ot_pair_datamodule(tmp_path)
 
     dm = OTPairDataModule("moons", "8gaussians", batch_size=64, toy_size=1000, val_size=128)
     cb = WassersteinCallback(n_samples=300, real="train", steps=[1, 2])
+    val = WassersteinCallback(n_samples=100, real="val", name="w2_val")  # a second one logs under its own name
     module = OTMeanFlow(source="8gaussians", data_shape=(2,))
-    trainer = _trainer(tmp_path, [cb], max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer = _trainer(tmp_path, [cb, val], max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
     trainer.fit(module, dm)
     x0 = torch.cat(list(source_noise(module, 0, 300, cb.seed, chunk=cb.batch_size)))
     with torch.no_grad():
         expected = wasserstein2_squared(module.sample(x0, steps=2), dm._train.points[:300])
     assert {"val/w2_sq", "val/w2_sq_2step"} <= set(trainer.callback_metrics)
     assert float(trainer.callback_metrics["val/w2_sq_2step"]) == pytest.approx(float(expected), rel=1e-5)
+    x0 = torch.cat(list(source_noise(module, 0, 100, val.seed, chunk=val.batch_size)))
+    with torch.no_grad():
+        expected = wasserstein2_squared(module.sample(x0), dm.val_target.points[:100])
+    assert float(trainer.callback_metrics["val/w2_val"]) == pytest.approx(float(expected), rel=1e-5)

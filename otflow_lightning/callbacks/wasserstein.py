@@ -41,6 +41,8 @@ class WassersteinCallback(EvalCallback):
         seed: seed of the generated set's noise (and of the sliced directions).
         every_n_epochs: evaluate every this many validation runs (default every run).
         every_n_steps: instead, evaluate when at least this many training steps have passed.
+        name: log name stem instead of ``w2_sq`` / ``sw2_sq`` (e.g. ``w2_train`` for a second
+            callback against the training set: ``val/w2_train``, ``val/w2_train_2step``).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class WassersteinCallback(EvalCallback):
         seed: int = 1234,
         every_n_epochs: int | None = None,
         every_n_steps: int | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps)
         if method not in ("auto", "exact", "sliced"):
@@ -62,7 +65,7 @@ class WassersteinCallback(EvalCallback):
         if n_samples < 2 or (n_real is not None and n_real < 2):
             raise ValueError(f"n_samples and n_real must be >= 2, got {n_samples}, {n_real}")
         self.n_samples, self.n_real, self.method, self.steps, self.real = n_samples, n_real or n_samples, method, steps, real
-        self.n_projections, self.batch_size, self.seed = n_projections, batch_size, seed
+        self.n_projections, self.batch_size, self.seed, self.name = n_projections, batch_size, seed, name
         self._real_shard: list[Tensor] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -83,7 +86,7 @@ class WassersteinCallback(EvalCallback):
                 raise ValueError(f"n_real={self.n_real} but the real dataset has only {len(dataset)} samples")
             start, stop = shard(self.n_real, rank, world)
             self._real_shard = [x.float().cpu() for x in real_batches(dataset, start, stop, self.batch_size, "cpu")]
-        prefix = "val/w2_sq" if self._exact else "val/sw2_sq"
+        prefix = f"val/{self.name or ('w2_sq' if self._exact else 'sw2_sq')}"
         results = {}
         for steps in eval_steps(pl_module, self.steps):
             metric = self._metric().to(pl_module.device)
