@@ -141,10 +141,11 @@ def option_value(text: str) -> bool | int | float | str:
 
 
 def timed(fn, device: torch.device, repeat: int):
-    """Best wall time of ``repeat`` runs (fewer once the runs have taken 2 s), in ms, and the output."""
+    """Best wall time of ``repeat`` runs (at least two when ``repeat >= 2``, so a slow method's cold
+    first run is never its only figure; fewer once the runs have taken 2 s), in ms, and the output."""
     best, out, spent = float("inf"), None, 0.0
-    for _ in range(repeat):
-        if spent > 2.0:
+    for run in range(repeat):
+        if spent > 2.0 and run >= 2:
             break
         if device.type == "cuda":
             torch.cuda.synchronize()
