@@ -219,9 +219,9 @@ class OTPairDataModule(pl.LightningDataModule):
             raise ValueError("conditional=True needs labels, but the image folder is flat (every label 0): put the "
                              "images in one subfolder per class")
         if self.val_target is not None and len(self.val_target) and len(self._train):
-            val_shape, train_shape = (tuple(_split_item(d[0])[0].shape) for d in (self.val_target, self._train))
-            if val_shape != train_shape:
-                raise ValueError(f"val_target items have shape {val_shape} but the training data have {train_shape}")
+            val_shape = tuple(_split_item(self.val_target[0])[0].shape)
+            if val_shape != self.data_shape:
+                raise ValueError(f"val_target items have shape {val_shape} but the training data have {self.data_shape}")
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
         """Training and test split of a named image dataset (folders have no test split)."""

@@ -228,16 +228,14 @@ def image_dataset(name: str, root: str = "data", train: bool = True, download: b
             ``hflip`` for CIFAR-10 and folders, ``channels`` for folders).
     """
     classes = {"digits": DigitsDataset, "mnist": MNISTDataset, "cifar10": CIFAR10Dataset, "folder": ImageFolderDataset}
-    if name in classes:
-        accepted = sorted(set(inspect.signature(classes[name]).parameters) - {"split", "root", "train", "download"})
-        if unknown := sorted(set(options) - set(accepted)):
-            raise ValueError(f"dataset_options {unknown} are not options of the {name!r} dataset; it takes {accepted}")
+    if name not in classes:
+        raise ValueError(f"unknown image dataset {name!r}; choose one of {IMAGE_DATASETS} or pass a Dataset")
+    dataset = classes[name]
+    accepted = sorted(set(inspect.signature(dataset).parameters) - {"split", "root", "train", "download"})
+    if unknown := sorted(set(options) - set(accepted)):
+        raise ValueError(f"dataset_options {unknown} are not options of the {name!r} dataset; it takes {accepted}")
     if name == "digits":
-        return DigitsDataset("train" if train else "test", **options)
-    if name == "mnist":
-        return MNISTDataset(root, train=train, download=download, **options)
-    if name == "cifar10":
-        return CIFAR10Dataset(root, train=train, download=download, **options)
+        return dataset("train" if train else "test", **options)
     if name == "folder":
-        return ImageFolderDataset(root, **options)
-    raise ValueError(f"unknown image dataset {name!r}; choose one of {IMAGE_DATASETS} or pass a Dataset")
+        return dataset(root, **options)
+    return dataset(root, train=train, download=download, **options)

@@ -71,6 +71,12 @@ def check_net_labels(net: nn.Module, num_classes: int | None) -> None:
         )
 
 
+def in_dtype_of(z: Tensor, x) -> Tensor:
+    """``z`` in the dtype of the caller's input ``x`` when that is a float tensor (samples come back
+    as they went in), else as computed."""
+    return z.to(x.dtype) if torch.is_tensor(x) and x.is_floating_point() else z
+
+
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Run with every submodule in eval mode (no dropout), then restore each one's own mode."""
@@ -177,11 +183,16 @@ class OneStepModule(pl.LightningModule):
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         self.check_steps(steps)
-        x0 = torch.as_tensor(x0)
-        if tuple(x0.shape[1:]) != self.data_shape or x0.ndim < 1:
-            raise ValueError(f"x0 must have shape (n, *data_shape) = (n, {', '.join(map(str, self.data_shape))}), got {tuple(x0.shape)}")
-        z = x0.to(device=self.device, dtype=self.dtype)
+        z = self.as_batch(x0, "x0")
         return z, self.check_labels(labels, z.shape[0])
+
+    def as_batch(self, x, name: str) -> Tensor:
+        """``x`` (a tensor or an array) checked to be ``(n, *data_shape)``, on the module's device and
+        in its dtype; ``ValueError`` naming ``name`` otherwise."""
+        x = torch.as_tensor(x)
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"{name} must have shape (n, *data_shape) = (n, {', '.join(map(str, self.data_shape))}), got {tuple(x.shape)}")
+        return x.to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def generate(

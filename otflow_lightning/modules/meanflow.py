@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..data.datamodule import Pair
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore
+from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore, in_dtype_of
 
 __all__ = ["OTMeanFlow"]
 
@@ -207,4 +207,4 @@ class OTMeanFlow(OneStepModule):
             for t, e in zip(grid[:-1], grid[1:]):
                 tt, ee = t.expand(z.shape[0]), e.expand(z.shape[0])
                 z = z + (e - t) * self.average_velocity(z, tt, ee, labels)
-        return z.to(x0.dtype) if torch.is_tensor(x0) and x0.is_floating_point() else z
+        return in_dtype_of(z, x0)

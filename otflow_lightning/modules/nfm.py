@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..data.datamodule import Pair
 from ..nets.flows import ResidualFlowMap
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore
+from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore, in_dtype_of
 
 __all__ = ["OTNeuralFlowMatching", "variance_ratio"]
 
@@ -149,7 +149,7 @@ class OTNeuralFlowMatching(OneStepModule):
         z, labels = self.sample_input(x0, steps, labels)
         with eval_mode(self):
             z = self.flow_map(z, torch.ones(z.shape[0], device=z.device, dtype=z.dtype), labels)
-        return z.to(x0.dtype) if torch.is_tensor(x0) and x0.is_floating_point() else z
+        return in_dtype_of(z, x0)
 
     @torch.no_grad()
     def inverse(self, x1: Tensor) -> Tensor:
@@ -160,9 +160,7 @@ class OTNeuralFlowMatching(OneStepModule):
                 f"inverse() needs an invertible flow map with an inverse(y, t) method (ResNetFlow, AffineCouplingFlow); "
                 f"this module's net is a {type(self.net).__name__}"
             )
-        z = torch.as_tensor(x1).to(device=self.device, dtype=self.dtype)
-        if tuple(z.shape[1:]) != self.data_shape:
-            raise ValueError(f"x1 must have shape (n, *data_shape) = (n, {', '.join(map(str, self.data_shape))}), got {tuple(z.shape)}")
+        z = self.as_batch(x1, "x1")
         with eval_mode(self):
             z = inverse(z, torch.ones(z.shape[0], device=z.device, dtype=z.dtype))
-        return z.to(x1.dtype) if torch.is_tensor(x1) and x1.is_floating_point() else z
+        return in_dtype_of(z, x1)
