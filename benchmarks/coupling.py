@@ -196,45 +196,49 @@ def main() -> None:
                     if last_ms.get(name, 0.0) * 16 > args.budget * 1e3:
                         rows.append((name, None, None, None, None))
                         continue
-                    if name in PEERS:
-                        where = device if name in DEVICE_PEERS else torch.device("cpu")
-                        a, b = x0.to(where), x1.to(where)
-                        if where.type == "cuda":
-                            run_peer(name, a, b)  # warm-up (Triton compiles on the first call)
-                        ms, (i, j) = timed(lambda: run_peer(name, a, b), where, args.repeat)
-                        i, j = i.cpu(), j.cpu()
-                        cost = float(pair_cost(x0[i], x1[j]).mean())
-                        targets = j.unique().numel() / n
-                        peer_ms = ms if name == "torchcfm" else peer_ms
-                    else:
-                        a, b = x0.to(device), x1.to(device)
-                        spec, _, cost_dtype = name.partition("@")
-                        spec, _, given = spec.partition(":")
-                        method, _, plan = spec.partition("/")
-                        options = {k: option_value(v) for k, v in (o.split("=") for o in given.split(",") if o)}
-                        coupler = OTCoupler(method, plan_sampler=plan == "plan", cost_dtype=cost_dtype or None, **options)
+                    try:
+                        if name in PEERS:
+                            where = device if name in DEVICE_PEERS else torch.device("cpu")
+                            a, b = x0.to(where), x1.to(where)
+                            if where.type == "cuda":
+                                run_peer(name, a, b)  # warm-up (Triton compiles on the first call)
+                            ms, (i, j) = timed(lambda: run_peer(name, a, b), where, args.repeat)
+                            i, j = i.cpu(), j.cpu()
+                            cost = float(pair_cost(x0[i], x1[j]).mean())
+                            targets = j.unique().numel() / n
+                            peer_ms = ms if name == "torchcfm" else peer_ms
+                        else:
+                            a, b = x0.to(device), x1.to(device)
+                            spec, _, cost_dtype = name.partition("@")
+                            spec, _, given = spec.partition(":")
+                            method, _, plan = spec.partition("/")
+                            options = {k: option_value(v) for k, v in (o.split("=") for o in given.split(",") if o)}
+                            coupler = OTCoupler(method, plan_sampler=plan == "plan", cost_dtype=cost_dtype or None, **options)
 
-                        def match():
-                            return coupler.match(a, b, generator=torch.Generator(device).manual_seed(0))
+                            def match():
+                                return coupler.match(a, b, generator=torch.Generator(device).manual_seed(0))
 
-                        if method == "auto":  # its choice is made on the first call and kept: time that call apart
-                            start = time.perf_counter()
-                            match()
-                            first_ms = (time.perf_counter() - start) * 1e3
-                            chosen, chosen_dtype = coupler.resolve(a, b)
-                            notes.append(f"{name} chose {chosen}{'@' + chosen_dtype if chosen_dtype else ''}; "
-                                         f"its first call, with the choice, took {first_ms:.1f} ms")
-                        elif device.type == "cuda":
-                            match()  # warm-up
-                        ms, perm = timed(match, device, args.repeat)
-                        cost = float(pair_cost(x0, x1[perm.cpu()]).mean())
-                        targets = perm.unique().numel() / n
+                            if method == "auto":  # its choice is made on the first call and kept: time that call apart
+                                start = time.perf_counter()
+                                match()
+                                first_ms = (time.perf_counter() - start) * 1e3
+                                chosen, chosen_dtype = coupler.resolve(a, b)
+                                notes.append(f"{name} chose {chosen}{'@' + chosen_dtype if chosen_dtype else ''}; "
+                                             f"its first call, with the choice, took {first_ms:.1f} ms")
+                            elif device.type == "cuda":
+                                match()  # warm-up
+                            ms, perm = timed(match, device, args.repeat)
+                            cost = float(pair_cost(x0, x1[perm.cpu()]).mean())
+                            targets = perm.unique().numel() / n
+                    except (RuntimeError, ValueError) as err:  # a solver that fails here is a row, not the end of the run
+                        rows.append((name, f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}", None, None, None))
+                        continue
                     last_ms[name] = ms
                     rows.append((name, ms, cost / c_ind, (c_ind - cost) / max(c_ind - c_opt, 1e-30), targets))
                 for name, ms, ratio, gap, targets in rows:
                     head = f"{data:<11}{d:>5}{n:>6}  {name:<24}"
-                    if ms is None:
-                        print(f"{head}{'skipped (over --budget)':>43}")
+                    if ms is None or isinstance(ms, str):  # skipped, or the solver's error
+                        print(f"{head}{'skipped (over --budget)':>43}" if ms is None else f"{head}  {ms}")
                         continue
                     rel = f"{ms / peer_ms:.3f}" if peer_ms else "-"
                     print(f"{head}{ms:>10.1f}{rel:>11}{ratio:>11.4f}{gap:>11.4f}{targets:>9.3f}", flush=True)

@@ -3,8 +3,9 @@
 Trains a config for a fixed number of steps with per-batch exact coupling, once synchronously and
 once with the next batch's coupling prefetched on a worker thread (alternating, ``--repeats``
 times each), and prints steps/s, their ratio and the share of a synchronous step spent in the
-coupling (source draw excluded: ``coupling/ms`` times the solve and the two pair costs; with
-``ot_batch_size`` it is spread over the training batches of an OT batch). Validation
+coupling (``coupling/ms``: the solve with its cost matrix; the source draw and the logged
+statistics, two more passes over the batch, are left out; with ``ot_batch_size`` it is spread over
+the training batches of an OT batch). Validation
 and checkpoints are off; the config's EMA callback stays (it is part of a step). ``--idle_ms`` adds
 a wait of the host to every step (a sleep, which releases the GIL), a stand-in for a GPU step during
 which the host waits for the device: it shows the overlap apart from CPU contention.

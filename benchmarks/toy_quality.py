@@ -98,7 +98,10 @@ def run_otcfm(cfg: dict, source: str, target: str, seed: int):
     from otflow_lightning.data import ToyDataset, sample_toy
     from otflow_lightning.nets import TimeMLP
 
+    import numpy as np
+
     torch.manual_seed(seed)
+    np.random.seed(seed)  # torchcfm draws its plan's pairs with np.random.choice
     m = cfg["model"]["init_args"]
     net_args = dict(m["net"]["init_args"], num_times=1)
     net = TimeMLP(**net_args)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from eval_modules import SHAPE, ImageModule, PixelFeatures, real_images
 from otflow_lightning.callbacks import FIDCallback, SamplingCallback, WassersteinCallback
-from otflow_lightning.callbacks.common import eval_steps, shard, source_noise
+from otflow_lightning.callbacks.common import eval_steps, real_indices, shard, source_noise
 from otflow_lightning.metrics import images_to_uint8, wasserstein2_squared
 from otflow_lightning.metrics.fid import build_fid
 
@@ -223,10 +223,80 @@ def test_wasserstein_against_the_training_set_of_an_ot_pair_datamodule(tmp_path)
     trainer.fit(module, dm)
     x0 = torch.cat(list(source_noise(module, 0, 300, cb.seed, chunk=cb.batch_size)))
     with torch.no_grad():
-        expected = wasserstein2_squared(module.sample(x0, steps=2), dm._train.points[:300])
+        expected = wasserstein2_squared(module.sample(x0, steps=2), dm._train.points[real_indices(1000, 300, cb.seed)])
     assert {"val/w2_sq", "val/w2_sq_2step"} <= set(trainer.callback_metrics)
     assert float(trainer.callback_metrics["val/w2_sq_2step"]) == pytest.approx(float(expected), rel=1e-5)
     x0 = torch.cat(list(source_noise(module, 0, 100, val.seed, chunk=val.batch_size)))
     with torch.no_grad():
-        expected = wasserstein2_squared(module.sample(x0), dm.val_target.points[:100])
+        expected = wasserstein2_squared(module.sample(x0), dm.val_target.points[real_indices(128, 100, val.seed)])
     assert float(trainer.callback_metrics["val/w2_val"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+class PointModule(pl.LightningModule):
+    """A perfect model of two equal classes at x = -4 and x = +4 (unit noise): sample(x0) = x0 + sign(x0[0]) * 4 e_0."""
+
+    data_shape = (2,)
+
+    def sample(self, x0, steps=1):
+        return x0 + torch.stack([torch.sign(x0[:, 0]) * 4, torch.zeros_like(x0[:, 0])], 1)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_wasserstein_reads_a_random_subset_of_class_sorted_real_data(tmp_path):
+    # 1000 real points of the model's own distribution sorted by class (x < 0 first), as an image
+    # folder is read: the first 300 items are all one class and put the perfect model far away
+    x = PointModule().sample(torch.randn(1000, 2, generator=torch.Generator().manual_seed(0)))
+    x = x[torch.argsort((x[:, 0] > 0).long(), stable=True)]
+    n_left = int((x[:, 0] < 0).sum())
+    real = TensorDataset(x, (x[:, 0] > 0).long())
+    cb = WassersteinCallback(n_samples=300, real=real, method="exact")
+    (metrics,) = _trainer(tmp_path, [cb]).validate(PointModule(), DataLoader(TensorDataset(x[:4])), verbose=False)
+    indices = real_indices(1000, 300, cb.seed)
+    assert 120 < int((indices >= n_left).sum()) < 180  # both classes, about half each
+    x0 = torch.cat(list(source_noise(PointModule(), 0, 300, cb.seed, chunk=cb.batch_size)))
+    assert float(metrics["val/w2_sq"]) == pytest.approx(float(wasserstein2_squared(PointModule().sample(x0), x[indices])), rel=1e-6)
+    assert float(metrics["val/w2_sq"]) < 1.0
+    assert float(wasserstein2_squared(PointModule().sample(x0), x[:300])) > 10
+
+
+def test_real_indices_are_all_items_or_a_fixed_sorted_subset():
+    assert torch.equal(real_indices(5, 5, seed=1), torch.arange(5))
+    a, b = real_indices(100, 30, seed=1), real_indices(100, 30, seed=1)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 30 and bool((a[1:] > a[:-1]).all())
+    assert not torch.equal(a, real_indices(100, 30, seed=2))
+    with pytest.raises(ValueError, match="n_real=6 but the real dataset has only 5 samples"):
+        real_indices(5, 6, seed=0)
+
+
+def test_fid_and_w2_against_the_training_set_under_trainer_validate(tmp_path):
+    from otflow_lightning import OTPairDataModule
+
+    dm = OTPairDataModule(target="digits", batch_size=16)
+    fid = FIDCallback("train", n_samples=30, n_real=100, feature=PixelFeatures(), cache_dir=str(tmp_path / "cache"))
+    w2 = WassersteinCallback(n_samples=30, n_real=100, real="train", method="sliced")
+    (metrics,) = _trainer(tmp_path, [fid, w2]).validate(ImageModule(), dm, verbose=False)
+    assert int(fid.fid.real_features_num_samples) == 100 and math.isfinite(metrics["val/fid_1step"])
+    real = torch.stack([dm.train_dataset[int(i)][0] for i in real_indices(len(dm.train_dataset), 100, w2.seed)])
+    assert torch.equal(torch.cat(w2._real_shard), real.float())
+    with pytest.raises(ValueError, match="no train dataloader.*pass real=<Dataset>"):
+        _trainer(tmp_path, [WassersteinCallback(real="train")]).validate(ImageModule(), DataLoader(real_images(4)), verbose=False)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1,), (2, 8, 8)])
+def test_sampling_draws_points_of_any_dimension_and_refuses_undrawable_data_at_setup(tmp_path, shape):
+    class Module(PointModule):
+        data_shape = shape
+
+        def sample(self, x0, steps=1):
+            return x0 * 2
+
+    cb = SamplingCallback(n_samples=50)
+    trainer = _trainer(tmp_path, [cb])
+    if shape != (3,):
+        with pytest.raises(ValueError, match=rf"cannot draw samples of shape \({shape[0]},"):
+            cb.setup(trainer, Module(), "validate")
+        return
+    trainer.validate(Module(), DataLoader(TensorDataset(torch.randn(8, 3))), verbose=False)
+    assert os.path.isfile(cb.last_path) and cb.last_samples[1].shape == (50, 3)

@@ -61,5 +61,6 @@ def test_two_ranks_match_one_rank(tmp_path):
     assert os.listdir(tmp_path / "c") == [file_b]  # same key on one and two ranks
     b, c = (torch.load(tmp_path / d / file_b) for d in "bc")
     assert int(b["real_features_num_samples"]) == int(c["real_features_num_samples"]) == N_REAL
-    torch.testing.assert_close(b["real_features_cov_sum"], c["real_features_cov_sum"])
+    # float32 features of one image differ by ~1e-6 with the batch it is computed in (BLAS kernels)
+    torch.testing.assert_close(b["real_features_cov_sum"], c["real_features_cov_sum"], rtol=0, atol=1e-5)
     assert len(list((tmp_path / "samples").glob("step*.png"))) >= 1  # rank 0 wrote the grid, no rank hung

@@ -3,12 +3,14 @@
 import itertools
 import os
 import tempfile
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
 
 from otflow_lightning import OnlineCoupling, OTMeanFlow, OTNeuralFlowMatching, OTPairDataModule
 from otflow_lightning.data import sample_toy
@@ -191,3 +193,49 @@ def test_global_online_coupling_solves_the_world_batch_once():
     for r in (r0, r1):  # each rank trains on its own data with the noise the bank now assigns to it
         for x0, x1, stored, _ in r["pairs"]:
             assert torch.equal(x0, stored)
+
+
+class SaveBank(pl.Callback):
+    """Each rank saves the online bank at the start and the end of training."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        torch.save(trainer.datamodule.online.bank.clone(), f"{self.folder}/start{trainer.global_rank}.pt")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(trainer.datamodule.online.bank.clone(), f"{self.folder}/end{trainer.global_rank}.pt")
+
+
+def _online_fit(tmp_path, batch_size):
+    data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=batch_size, toy_size=101, seed=0)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=4, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[SaveBank(str(tmp_path))], default_root_dir=str(tmp_path),
+    )
+    trainer.fit(OTMeanFlow(source="8gaussians"), data)
+
+
+def test_online_bank_loses_no_noise_under_ddp_when_ranks_do_not_split_the_data_evenly(tmp_path, monkeypatch):
+    # 101 points on 2 ranks: a padding DistributedSampler repeats one index on both ranks, and in one
+    # step the two copies would write the same noise to two entries and drop another one
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _online_fit(tmp_path, batch_size=50)  # 50 per rank: both ranks' whole share in every step
+    start, end = torch.load(tmp_path / "start0.pt"), torch.load(tmp_path / "end0.pt")
+    assert torch.equal(end, torch.load(tmp_path / "end1.pt"))
+    assert not torch.equal(start, end)  # the steps re-assigned noise
+    assert torch.equal(sorted_entries(end), sorted_entries(start))  # ... and only permuted it
+
+
+def test_online_under_ddp_needs_a_full_batch_per_rank():
+    # the padding sampler gave 51 per rank here, with the repeated index on both ranks in the one step
+    data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=51, toy_size=101, seed=0)
+    data.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    with pytest.raises(ValueError, match=r"101 samples \(50 on each of 2 ranks\), fewer than batch_size=51: lower batch_size"):
+        data.train_dataloader()
+    data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=50, toy_size=101, seed=0)
+    data.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    sampler = data.train_dataloader().sampler
+    assert isinstance(sampler, DistributedSampler) and sampler.drop_last and len(sampler) == 50

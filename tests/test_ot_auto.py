@@ -28,15 +28,15 @@ def test_auto_is_exact_in_low_dimension():
     assert gap_closed(x0, x1, coupling.perm) == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("amx, cost_dtype", [(True, "bfloat16"), (False, None)])
-def test_auto_uses_a_bfloat16_cost_only_on_cpus_with_amx(monkeypatch, amx, cost_dtype):
-    monkeypatch.setattr(coupler_module, "amx_available", lambda: amx)
+@pytest.mark.parametrize("bf16, cost_dtype", [(True, "bfloat16"), (False, None)])
+def test_auto_uses_a_bfloat16_cost_only_on_cpus_with_bfloat16_units(monkeypatch, bf16, cost_dtype):
+    monkeypatch.setattr(coupler_module, "fast_bfloat16_cpu", lambda: bf16)
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(256, 300, generator=g), torch.randn(256, 300, generator=g)
     assert auto_method(x0, x1) == ("exact", cost_dtype)
     coupling = OTCoupler("auto").couple(x0, x1)
     assert coupling.method == "exact"
-    assert gap_closed(x0, x1, coupling.perm) >= (0.999 if amx else 1 - 1e-9)
+    assert gap_closed(x0, x1, coupling.perm) >= (0.999 if bf16 else 1 - 1e-9)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def mixture(n, d, k, scale, seed=0):
 
 
 def test_auto_sends_a_clustered_large_batch_to_multiscale_and_a_gaussian_one_to_exact(monkeypatch):
-    monkeypatch.setattr(coupler_module, "amx_available", lambda: False)
+    monkeypatch.setattr(coupler_module, "fast_bfloat16_cpu", lambda: False)
     x0, x1 = mixture(4096, 32, k=8, scale=3.0)
     assert multiscale_trial(x0, x1) > 0.99
     coupling = OTCoupler("auto").couple(x0, x1)

@@ -33,6 +33,7 @@ __all__ = [
     "eval_steps",
     "generate",
     "real_batches",
+    "real_indices",
     "resolve_dataset",
     "shard",
     "source_noise",
@@ -123,7 +124,8 @@ def batch_target(batch) -> Tensor:
 
 
 def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
-    """The real data set: ``real`` itself, or the dataset of the trainer's ``"train"`` / ``"val"`` loader."""
+    """The real data set: ``real`` itself, or the dataset of the trainer's ``"train"`` / ``"val"`` loader
+    (for ``"train"`` outside ``fit``: the datamodule's ``train_dataset``)."""
     if isinstance(real, Dataset):
         return real
     if real not in ("train", "val"):
@@ -134,14 +136,35 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
     if isinstance(loaders, dict):
         loaders = next(iter(loaders.values()), None)
     dataset = getattr(loaders, "dataset", None)
+    if dataset is None and real == "train":  # Trainer.validate / test set up no training loader
+        dataset = getattr(trainer.datamodule, "train_dataset", None)
     if dataset is None:
-        raise ValueError(f"real={real!r} but the trainer has no {real} dataloader with a dataset; pass real=<Dataset>")
+        raise ValueError(
+            f"real={real!r} but the trainer has no {real} dataloader with a dataset (Trainer.validate and test load no "
+            "training data unless the datamodule has a train_dataset); pass real=<Dataset>"
+        )
     return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
 
 
-def real_batches(dataset: Dataset, start: int, stop: int, batch_size: int, device) -> Iterator[Tensor]:
-    """Items ``start..stop`` of ``dataset`` (tensors or ``(tensor, label)``), batched, on ``device``."""
-    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False)
+def real_indices(n_items: int, n_real: int, seed: int) -> Tensor:
+    """Indices of the ``n_real`` real items evaluated out of ``n_items``: all of them in order, or a
+    fixed random subset (seeded by ``seed``, sorted), so that class-sorted data (an image folder, a
+    dataset stored by label) are not read one class first. Shape ``(n_real,)``, int64.
+
+    Raises:
+        ValueError: ``n_real`` exceeds ``n_items``.
+    """
+    if n_real > n_items:
+        raise ValueError(f"n_real={n_real} but the real dataset has only {n_items} samples; lower n_real")
+    if n_real == n_items:
+        return torch.arange(n_items)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randperm(n_items, generator=generator)[:n_real].sort().values
+
+
+def real_batches(dataset: Dataset, indices: Sequence[int] | Tensor, batch_size: int, device) -> Iterator[Tensor]:
+    """Items ``indices`` of ``dataset`` (tensors or ``(tensor, label)``), batched, on ``device``."""
+    loader = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False)
     for batch in loader:
         yield batch_target(batch).to(device)
 

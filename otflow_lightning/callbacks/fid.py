@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
-from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, resolve_dataset, shard
+from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
 
 __all__ = ["FIDCallback", "default_cache_dir"]
 
@@ -56,7 +56,7 @@ class FIDCallback(EvalCallback):
         real: ``"train"`` / ``"val"`` (the trainer's loader's dataset) or a ``Dataset`` of images
             (tensors or ``(tensor, label)``; no random augmentation).
         n_samples: generated images per evaluation.
-        n_real: real images (default the whole dataset).
+        n_real: real images (default the whole dataset; fewer: a fixed random subset drawn with ``seed``).
         steps: step counts; default the module's ``supported_steps``, or ``[1]``.
         feature: Inception feature size (64, 192, 768, 2048) or a custom feature module.
         weights_path: Inception weights file (default: the torch hub cache).
@@ -64,7 +64,7 @@ class FIDCallback(EvalCallback):
         batch_size: generation and feature batch.
         dataset_name: name in the cache key (default the dataset's class name).
         cache_dir: where real statistics are cached (default :func:`default_cache_dir`).
-        seed: seed of the generated set's noise.
+        seed: seed of the generated set's noise and of the real subset.
         name: log name stem (e.g. ``fid_val`` for a second FID against the validation set).
         every_n_epochs: evaluate every this many validation runs (default every run).
         every_n_steps: instead, evaluate when at least this many training steps have passed.
@@ -129,12 +129,13 @@ class FIDCallback(EvalCallback):
         self.fid.update(x, real=real)
 
     # ---------------------------------------------------------------- real statistics
-    def _cache_key(self, dataset: Dataset, split: str, n_real: int) -> str:
-        name = self.dataset_name or type(dataset).__name__
+    def _cache_key(self, dataset: Dataset, split: str, indices: Tensor) -> str:
+        name, n_real = self.dataset_name or type(dataset).__name__, len(indices)
         h = hashlib.sha1(extractor_fingerprint(self.fid).encode())
         h.update(f"{len(dataset)}".encode())
-        for i in sorted({0, n_real // 2, n_real - 1}):  # a fingerprint of the data, cheap
-            h.update(images_to_uint8(next(real_batches(dataset, i, i + 1, 1, "cpu"))).numpy().tobytes())
+        h.update(indices.numpy().tobytes())
+        picks = [int(indices[i]) for i in sorted({0, n_real // 2, n_real - 1})]  # a fingerprint of the data, cheap
+        h.update(images_to_uint8(next(real_batches(dataset, picks, len(picks), "cpu"))).numpy().tobytes())
         extractor = f"inception{self.feature}{'-aa' if self.antialias else ''}" if self._inception else type(self.feature).__name__
         return f"{name}-{split}-n{n_real}-{extractor}-{h.hexdigest()[:12]}"
 
@@ -142,9 +143,8 @@ class FIDCallback(EvalCallback):
         dataset = resolve_dataset(trainer, self.real)
         split = self.real if isinstance(self.real, str) else "custom"
         n_real = len(dataset) if self.n_real is None else self.n_real
-        if n_real > len(dataset):
-            raise ValueError(f"n_real={n_real} but the real dataset has only {len(dataset)} images")
-        self.cache_path = os.path.join(self.cache_dir, self._cache_key(dataset, split, n_real) + ".pt")
+        indices = real_indices(len(dataset), n_real, self.seed)
+        self.cache_path = os.path.join(self.cache_dir, self._cache_key(dataset, split, indices) + ".pt")
         rank_zero_info(f"{self.protocol(n_real, split)}; real statistics cache: {self.cache_path}")
         cached = trainer.is_global_zero and os.path.isfile(self.cache_path)
         cached = trainer.strategy.broadcast(cached, src=0)
@@ -155,7 +155,7 @@ class FIDCallback(EvalCallback):
         else:  # every rank: features of its share; sums over ranks; rank 0 writes the cache
             set_real_stats(self.fid, None)
             start, stop = shard(n_real, trainer.global_rank, trainer.world_size)
-            for x in real_batches(dataset, start, stop, self.batch_size, pl_module.device):
+            for x in real_batches(dataset, indices[start:stop], self.batch_size, pl_module.device):
                 self._update(x, real=True)
             stats = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in real_stats(self.fid).items()}
             if trainer.is_global_zero:

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..metrics.fid import images_to_uint8
 from .common import EvalCallback, batch_target, check_protocol, eval_steps, sample, source_noise
 
-__all__ = ["SamplingCallback", "render_samples"]
+__all__ = ["SamplingCallback", "check_renderable", "render_samples"]
 
 
 def _image_grid(x: Tensor, nrow: int) -> np.ndarray:
@@ -30,8 +30,21 @@ def _image_grid(x: Tensor, nrow: int) -> np.ndarray:
     return grid.permute(1, 2, 0).numpy()
 
 
+def check_renderable(shape: Sequence[int]) -> None:
+    """``ValueError`` unless samples of one-sample ``shape`` can be drawn: points ``(d,)`` with
+    ``d >= 2`` (their first two coordinates) or images ``(c, h, w)`` with 1 or 3 channels."""
+    shape = tuple(shape)
+    if (len(shape) == 1 and shape[0] >= 2) or (len(shape) == 3 and shape[0] in (1, 3)):
+        return
+    raise ValueError(
+        f"cannot draw samples of shape {shape}: SamplingCallback draws points (d,) with d >= 2 (a scatter plot "
+        "of the first two coordinates) or images (c, h, w) with 1 or 3 channels; leave it out for other data"
+    )
+
+
 def render_samples(samples: dict[str, Tensor], reference: Tensor | None = None, title: str = "") -> np.ndarray:
-    """Render ``{label: samples}`` side by side: scatter plots for 2D points, grids for images.
+    """Render ``{label: samples}`` side by side: scatter plots of ``(n, d)`` points (the first two
+    coordinates), grids of ``(n, c, h, w)`` images (at most 100).
 
     Returns an ``(H, W, 3)`` uint8 RGB array.
     """
@@ -43,17 +56,16 @@ def render_samples(samples: dict[str, Tensor], reference: Tensor | None = None, 
     fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4), squeeze=False)
     for ax, (label, x) in zip(axes[0], samples.items()):
         x = x.detach().float().cpu()
-        if x.ndim == 2 and x.shape[1] == 2:
+        check_renderable(x.shape[1:])
+        if x.ndim == 2:
             if reference is not None:
                 ref = reference.detach().float().cpu()
                 ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray", label="data")
             ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue", label="samples")
             ax.set_aspect("equal")
-        elif x.ndim == 4:
+        else:
             ax.imshow(_image_grid(x[:100], nrow=int(np.ceil(np.sqrt(min(len(x), 100))))))
             ax.axis("off")
-        else:
-            raise ValueError(f"cannot render samples of shape {tuple(x.shape)}: need (n, 2) points or (n, c, h, w) images")
         ax.set_title(f"{title} {label}".strip())
     fig.tight_layout()
     fig.canvas.draw()
@@ -66,7 +78,8 @@ class SamplingCallback(EvalCallback):
     """One-step (and few-step) samples from a fixed source batch, as PNG files and TensorBoard images.
 
     The source batch is the same at every call (``seed``), so successive pictures differ only by
-    the model. 2D points are drawn as scatter plots over the validation batch, images as grids (at
+    the model. Points are drawn as scatter plots over the validation batch (the first two
+    coordinates of ``(d,)`` points), images as grids (at
     most 100; a class-conditional module's images are labelled ``i % num_classes``, so with
     ``n_samples = num_classes ** 2`` each column of the grid is one class). Written by global rank 0 to ``<log_dir>/samples/step{global_step:07d}.png`` and, with a
     TensorBoard logger, as the image ``samples``. Runs inside validation (see :class:`EvalCallback`),
@@ -95,7 +108,7 @@ class SamplingCallback(EvalCallback):
         self.last_samples: dict[int, Tensor] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_protocol(pl_module)
+        check_renderable(check_protocol(pl_module)[1])
         eval_steps(pl_module, self.steps)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
-from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, resolve_dataset, shard
+from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
 
 __all__ = ["WassersteinCallback"]
 
@@ -27,8 +27,9 @@ class WassersteinCallback(EvalCallback):
 
     Under DDP each rank generates and reads its own contiguous share (no padding, exact counts) and
     the metrics concatenate the shares at ``compute()``. The generated set is the same fixed noise
-    (``seed``) at every call and for any number of ranks; the real set is the first ``n_real`` items
-    of ``real``. Runs inside validation (see :class:`EvalCallback`), so EMA weights are evaluated.
+    (``seed``) at every call and for any number of ranks; the real set is ``n_real`` items of ``real``
+    drawn once at random with ``seed`` (all of them when ``n_real`` is the dataset's size), so
+    class-sorted data are not read one class first. Runs inside validation (see :class:`EvalCallback`), so EMA weights are evaluated.
 
     Args:
         n_samples: generated samples.
@@ -38,7 +39,7 @@ class WassersteinCallback(EvalCallback):
         real: ``"val"`` / ``"train"`` (the trainer's loader's dataset) or a ``Dataset``.
         n_projections: directions of the sliced estimate.
         batch_size: generation and reading batch.
-        seed: seed of the generated set's noise (and of the sliced directions).
+        seed: seed of the generated set's noise, of the real subset and of the sliced directions.
         every_n_epochs: evaluate every this many validation runs (default every run).
         every_n_steps: instead, evaluate when at least this many training steps have passed.
         name: log name stem instead of ``w2_sq`` / ``sw2_sq`` (e.g. ``w2_train`` for a second
@@ -82,10 +83,9 @@ class WassersteinCallback(EvalCallback):
         rank, world = trainer.global_rank, trainer.world_size
         if self._real_shard is None:  # the real data do not change: read this rank's share once
             dataset = resolve_dataset(trainer, self.real)
-            if len(dataset) < self.n_real:
-                raise ValueError(f"n_real={self.n_real} but the real dataset has only {len(dataset)} samples")
             start, stop = shard(self.n_real, rank, world)
-            self._real_shard = [x.float().cpu() for x in real_batches(dataset, start, stop, self.batch_size, "cpu")]
+            indices = real_indices(len(dataset), self.n_real, self.seed)[start:stop]
+            self._real_shard = [x.float().cpu() for x in real_batches(dataset, indices, self.batch_size, "cpu")]
         prefix = f"val/{self.name or ('w2_sq' if self._exact else 'sw2_sq')}"
         results = {}
         for steps in eval_steps(pl_module, self.steps):

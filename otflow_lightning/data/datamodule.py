@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..ot import OnlineCoupling, OTCoupler, check_batch, couple_batch, draw_source_labels
 from ..utils import rank_generator
@@ -171,6 +172,12 @@ class OTPairDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- data
     @property
+    def train_dataset(self) -> Dataset:
+        """The training target set (items ``x`` or ``(x, label)``), e.g. the real set of an evaluation callback."""
+        self.setup("fit")
+        return self._train
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one target sample."""
         self.setup("fit")
@@ -248,15 +255,25 @@ class OTPairDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         ot_batch = self.ot_batch_size or self.batch_size
-        if len(self._train) < ot_batch:
+        world = getattr(self.trainer, "world_size", 1)
+        # online under DDP: a DistributedSampler that drops the remainder instead of padding it with repeated
+        # indices; two copies of one index in a world batch would duplicate one bank noise and lose another
+        online_sampler = self.online is not None and world > 1
+        per_rank = len(self._train) // world if online_sampler else -(-len(self._train) // world)
+        if per_rank < ot_batch:
             name = "ot_batch_size" if self.ot_batch_size else "batch_size"
-            raise ValueError(f"the training set has {len(self._train)} samples, fewer than {name}={ot_batch}")
+            share = f" ({per_rank} on each of {world} ranks)" if world > 1 else ""
+            raise ValueError(f"the training set has {len(self._train)} samples{share}, fewer than {name}={ot_batch}: lower {name}")
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
         chunks = ot_batch // self.batch_size
         if self.prefetch_coupling:
             target = self._loader(self._train, True, True, PrefetchingLoader, ot_batch, chunks=chunks, prefetcher=self._start_prefetcher())
         elif self.ot_batch_size:
             target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=chunks)
+        elif online_sampler:  # Lightning keeps a DistributedSampler it is given and calls its set_epoch
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            sampler = DistributedSampler(self._train, world, self.trainer.global_rank, shuffle=True, seed=seed, drop_last=True)
+            target = self._loader(self._train, shuffle=False, drop_last=True, sampler=sampler)
         else:
             target = self._loader(self._train, shuffle=True, drop_last=True)
         if self._source_train is None:

@@ -4,7 +4,8 @@
 ``k`` is handed to Lightning, batch ``k + 1`` is already fetched and its pairing (source draw and OT
 solve) is queued on a single worker thread, so the solve overlaps step ``k``. One worker runs the
 jobs in submission order with the same generator, so the pairs are bitwise those of the synchronous
-path. POT's ``emd``, scipy, ``lapjv`` and torch ops release the GIL, so the solve runs beside the
+path (except that with ``reload_dataloaders_every_n_epochs`` the re-created loader shuffles in
+another order from the second epoch on). POT's ``emd``, scipy, ``lapjv`` and torch ops release the GIL, so the solve runs beside the
 step rather than between steps.
 
 On CUDA the worker copies the batch and pairs it on its own CUDA stream; the main thread makes its
