@@ -146,6 +146,20 @@ def test_sample_runs_the_net_in_eval_mode_and_in_its_dtype(module):
     model.net.eval()  # one frozen part stays frozen
     model.sample(x0)
     assert model.training and not model.net.training
+    calls = []
+
+    class FrozenNet(type(model)):  # a train() override (e.g. frozen batch norm) is honoured on restore
+        def train(self, mode=True):
+            calls.append(mode)
+            super().train(mode)
+            self.net.eval()
+            return self
+
+    model.__class__ = FrozenNet
+    model.train()
+    calls.clear()
+    model.sample(x0)
+    assert calls == [False, True] and model.training and not model.net.training
     # a float64 input to a float32 module, a float32 input to a bfloat16 module: computed in the
     # module's dtype, returned in the input's
     assert model.sample(x0.double()).dtype == torch.float64

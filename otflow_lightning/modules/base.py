@@ -79,14 +79,21 @@ def in_dtype_of(z: Tensor, x) -> Tensor:
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run with every submodule in eval mode (no dropout), then restore each one's own mode."""
+    """Run with every submodule in eval mode (no dropout), then restore each one's own mode.
+
+    The restore goes through ``module.train(mode)`` (so an override of ``train()``, e.g. one that
+    keeps frozen batch-norm layers in eval mode, runs as usual), then sets back any submodule whose
+    flag still differs from what it was.
+    """
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
+        module.train(modes[0][1])
+        for m, training in modes[1:]:
+            if m.training != training:
+                m.training = training
 
 
 class OneStepModule(pl.LightningModule):
