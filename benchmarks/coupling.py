@@ -232,7 +232,7 @@ def main() -> None:
                             ms, perm = timed(match, device, args.repeat)
                             cost = float(pair_cost(x0, x1[perm.cpu()]).mean())
                             targets = perm.unique().numel() / n
-                    except (RuntimeError, ValueError) as err:  # a solver that fails here is a row, not the end of the run
+                    except (RuntimeError, ValueError, ImportError) as err:  # a failing solver or missing peer is a row, not the end of the run
                         rows.append((name, f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}", None, None, None))
                         continue
                     last_ms[name] = ms

@@ -5,7 +5,7 @@ Public API::
     from otflow_lightning import OTMeanFlow, OTNeuralFlowMatching, OTPairDataModule, OTCoupler
 """
 
-from .callbacks import FIDCallback, SamplingCallback, WassersteinCallback
+from .callbacks import FIDCallback, SampleWriter, SamplingCallback, WassersteinCallback
 from .data import OTPairDataModule, Pair
 from .modules import OneStepModule, OTMeanFlow, OTNeuralFlowMatching
 from .ot import OnlineCoupling, OTCoupler
@@ -21,6 +21,7 @@ __all__ = [
     "OTCoupler",
     "OnlineCoupling",
     "FIDCallback",
+    "SampleWriter",
     "SamplingCallback",
     "WassersteinCallback",
 ]

@@ -12,17 +12,46 @@ import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
 
 __all__ = ["OTFlowCLI", "main", "entry_point"]
 
 
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": leaf}`` of nested dicts/lists."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 class OTFlowCLI(LightningCLI):
-    """LightningCLI with the data's ``source`` linked into the model (set it once, under ``data``)."""
+    """LightningCLI with the data's ``source`` linked into the model (set it once, under ``data``),
+    and a warning when ``--ckpt_path`` replaces model settings given in the config or on the
+    command line (LightningCLI rebuilds the model a checkpoint was trained with)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.source", "model.init_args.source")
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        before = _flat(model.as_dict()) if hasattr(model, "as_dict") else None
+        super()._parse_ckpt_path()
+        after = self.config[sub].get("model") if sub else None
+        if before is None or not hasattr(after, "as_dict"):
+            return
+        after = _flat(after.as_dict())
+        changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k] and before[k] is not None)
+        if changed:
+            shown = "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in changed[:8])
+            rank_zero_warn(
+                f"--ckpt_path restores the model the checkpoint was trained with, so these model settings of the "
+                f"config / command line are replaced by the checkpoint's: {shown}"
+                f"{' ...' if len(changed) > 8 else ''}. To train with new model settings from these weights, start a "
+                "new run and load the state dict instead of resuming"
+            )
 
 
 def main(args: list[str] | dict | None = None, run: bool = True) -> OTFlowCLI:

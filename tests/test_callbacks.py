@@ -300,3 +300,15 @@ def test_sampling_draws_points_of_any_dimension_and_refuses_undrawable_data_at_s
         return
     trainer.validate(Module(), DataLoader(TensorDataset(torch.randn(8, 3))), verbose=False)
     assert os.path.isfile(cb.last_path) and cb.last_samples[1].shape == (50, 3)
+
+
+def test_a_real_set_smaller_than_n_real_is_an_error_at_setup_not_at_the_first_validation(tmp_path):
+    from otflow_lightning import OTMeanFlow, OTPairDataModule
+
+    dm = OTPairDataModule("moons", "8gaussians", batch_size=64, toy_size=1000, val_size=500)
+    trainer = _trainer(tmp_path, [WassersteinCallback(n_samples=2000)], max_steps=10_000, val_check_interval=10_000)
+    with pytest.raises(ValueError, match=r"n_real=2000 real samples but the real set \('val' set of the datamodule\) has only 500"):
+        trainer.fit(OTMeanFlow(source="8gaussians"), dm)
+    assert trainer.global_step == 0  # refused before training, not after val_check_interval steps
+    with pytest.raises(ValueError, match="FIDCallback.*n_real=60 .* has only 48"):
+        FIDCallback(real_images(), n_real=60, feature=PixelFeatures()).setup(_trainer(tmp_path, []), ImageModule(), "fit")

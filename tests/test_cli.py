@@ -3,6 +3,7 @@
 import glob
 import os
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -51,10 +52,24 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
     args = ["--config", TOY, "--trainer.num_sanity_val_steps=0", *QUIET]
     first = main(["fit", *args, "--trainer.max_steps=40", "--trainer.val_check_interval=40"])
     ckpt = os.path.join(first.trainer.log_dir, "checkpoints", "last.ckpt")
-    second = main(["fit", *args, "--trainer.max_steps=60", "--trainer.val_check_interval=20", f"--ckpt_path={ckpt}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = main(["fit", *args, "--trainer.max_steps=60", "--trainer.val_check_interval=20", f"--ckpt_path={ckpt}"])
     assert second.trainer.global_step == 60
+    assert not [w for w in caught if "--ckpt_path restores" in str(w.message)]  # same settings: no warning
+    # a model setting changed on resume is replaced by the checkpoint's (LightningCLI): say so
+    with pytest.warns(UserWarning, match=r"--ckpt_path restores .*init_args\.lr: 0\.5 -> 0\.003"):
+        third = main(["fit", *args, "--trainer.max_steps=41", "--model.init_args.lr=0.5", f"--ckpt_path={ckpt}"])
+    assert third.model.hparams.lr == 0.003
     model = OTMeanFlow.load_from_checkpoint(ckpt)
     assert isinstance(model, OTMeanFlow) and model.source == "8gaussians"
+    # otflow predict keeps its samples with SampleWriter: the same as Trainer.predict returns
+    predicted = main(["predict", *args, f"--ckpt_path={ckpt}", "--trainer.callbacks+=otflow_lightning.SampleWriter"])
+    writer = next(c for c in predicted.trainer.callbacks if type(c).__name__ == "SampleWriter")
+    saved = torch.load(writer.last_path)
+    expected = torch.cat(predicted.trainer.predict(predicted.model, predicted.datamodule, ckpt_path=ckpt))
+    assert saved["samples"].shape == (2000, 2) and torch.equal(saved["samples"], expected)
+    assert torch.equal(saved["index"], torch.arange(2000))
     x0 = torch.randn(5, 2)
     assert model.sample(x0).shape == (5, 2)
 

@@ -90,7 +90,7 @@ def test_shape_errors_name_the_argument():
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown coupling method 'sinkhorn2'"):
+    with pytest.raises(ValueError, match="unknown coupling method 'sinkhorn2'.*or 'online'"):
         OTPairDataModule(coupling="sinkhorn2")
     with pytest.raises(ValueError, match="unknown target 'moon'"):
         OTPairDataModule(target="moon")

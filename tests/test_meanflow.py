@@ -177,6 +177,14 @@ def test_mismatched_nets_and_guidance_are_refused_at_construction():
         OTNeuralFlowMatching(num_classes=3, net=ResNetFlow(dim=2))
     with pytest.raises(ValueError, match=r"data_shape=\(1, 8, 8\) needs a net"):
         OTMeanFlow(data_shape=(1, 8, 8))
+    from otflow_lightning.nets import ResidualFlowMap, UNet
+
+    with pytest.raises(ValueError, match=r"data_shape=\(2,\) but the net's TimeMLP was built with dim=3; build it with dim=2"):
+        OTMeanFlow(net=TimeMLP(dim=3, num_times=2))  # was a bare "mat1 and mat2 shapes cannot be multiplied" in training
+    with pytest.raises(ValueError, match="built with dim=5"):
+        OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=5)))
+    with pytest.raises(ValueError, match=r"has 3 channels but the net's UNet was built with in_channels=1"):
+        OTMeanFlow(net=UNet(1, preset="tiny", num_times=2), data_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="guidance_kappa.*label dropout"):
         OTMeanFlow(num_classes=3, label_dropout=0.0, guidance_kappa=0.5)
 

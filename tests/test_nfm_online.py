@@ -239,3 +239,17 @@ def test_online_under_ddp_needs_a_full_batch_per_rank():
     data.trainer = SimpleNamespace(world_size=2, global_rank=1)
     sampler = data.train_dataloader().sampler
     assert isinstance(sampler, DistributedSampler) and sampler.drop_last and len(sampler) == 50
+
+
+def test_source_data_and_training_set_need_a_full_batch_on_every_rank():
+    from torch.utils.data import TensorDataset
+
+    source = TensorDataset(torch.randn(101, 2))
+    data = OTPairDataModule("moons", source_data=source, batch_size=60, toy_size=500, seed=0)
+    data.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    with pytest.raises(ValueError, match=r"source_data has 101 samples \(51 on each of 2 ranks\), fewer than batch_size=60"):
+        data.train_dataloader()  # 51 per rank: 0 source batches, an epoch of 0 steps
+    # without Lightning's distributed sampler every rank reads the whole set: no per-rank split
+    data.trainer = SimpleNamespace(world_size=2, global_rank=0,
+                                   _accelerator_connector=SimpleNamespace(use_distributed_sampler=False))
+    assert data.train_dataloader() is not None

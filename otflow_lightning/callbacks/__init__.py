@@ -3,7 +3,8 @@ and has a ``data_shape`` (see :mod:`otflow_lightning.callbacks.common` for the p
 
 from .common import EvalCallback
 from .fid import FIDCallback
+from .predictions import SampleWriter
 from .sampling import SamplingCallback, render_samples
 from .wasserstein import WassersteinCallback
 
-__all__ = ["EvalCallback", "FIDCallback", "SamplingCallback", "WassersteinCallback", "render_samples"]
+__all__ = ["EvalCallback", "FIDCallback", "SampleWriter", "SamplingCallback", "WassersteinCallback", "render_samples"]

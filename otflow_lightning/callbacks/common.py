@@ -29,6 +29,7 @@ __all__ = [
     "EvalCallback",
     "batch_target",
     "check_protocol",
+    "check_real_size",
     "eval_labels",
     "eval_steps",
     "generate",
@@ -144,6 +145,21 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
             "training data unless the datamodule has a train_dataset); pass real=<Dataset>"
         )
     return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
+
+
+def check_real_size(trainer: pl.Trainer, real: str | Dataset, n_real: int | None, owner: str) -> None:
+    """At setup, ``ValueError`` if ``n_real`` exceeds the real set, where its size is known before the
+    loaders exist (a ``Dataset``, or a datamodule's ``train_dataset`` / ``val_target``), instead of at
+    the first validation, possibly hours in."""
+    if n_real is None:
+        return
+    datamodule = getattr(trainer, "datamodule", None)
+    dataset = real if isinstance(real, Dataset) else getattr(
+        datamodule, {"train": "train_dataset", "val": "val_target"}.get(real, ""), None)
+    if dataset is not None and n_real > len(dataset):
+        where = "" if isinstance(real, Dataset) else f" ({real!r} set of the datamodule)"
+        raise ValueError(f"{owner} compares against n_real={n_real} real samples but the real set{where} has only "
+                         f"{len(dataset)}: lower n_real (it defaults to n_samples) or give a larger set")
 
 
 def real_indices(n_items: int, n_real: int, seed: int) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
-from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
+from .common import EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
 
 __all__ = ["FIDCallback", "default_cache_dir"]
 
@@ -104,6 +104,7 @@ class FIDCallback(EvalCallback):
         if len(shape) != 3:
             raise ValueError(f"FIDCallback needs image data (c, h, w); {type(pl_module).__name__}.data_shape is {shape}")
         eval_steps(pl_module, self.steps)
+        check_real_size(trainer, self.real, self.n_real, f"FIDCallback(name={self.name!r})")
         if self.fid is None:  # kept in the callback: not in checkpoints, not copied by EMA
             self.fid = build_fid(self.feature, self.weights_path, self.antialias, input_shape=shape)
             self._real_ready = False

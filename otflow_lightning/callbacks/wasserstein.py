@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
-from .common import EvalCallback, check_protocol, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
+from .common import EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
 
 __all__ = ["WassersteinCallback"]
 
@@ -72,6 +72,7 @@ class WassersteinCallback(EvalCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, shape = check_protocol(pl_module)
         eval_steps(pl_module, self.steps)
+        check_real_size(trainer, self.real, self.n_real, f"WassersteinCallback({self.name or self.method})")
         self._real_shard = None
         exact = len(shape) == 1 and max(self.n_samples, self.n_real) <= 5000
         self._exact = self.method == "exact" or (self.method == "auto" and exact)

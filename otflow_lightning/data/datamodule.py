@@ -45,6 +45,15 @@ class Pair:
         return self.x0.shape[0]
 
 
+def _check_per_rank(what: str, size: int, ranks: int, batch: int, name: str, drop_last: bool = False) -> None:
+    """``ValueError`` unless each of ``ranks`` shares of ``size`` samples (padded, or cut with ``drop_last``)
+    holds a full ``batch``: a rank with no full batch has 0 steps per epoch and ``fit`` never ends."""
+    per_rank = size // ranks if drop_last else -(-size // ranks)
+    if per_rank < batch:
+        share = f" ({per_rank} on each of {ranks} ranks)" if ranks > 1 else ""
+        raise ValueError(f"{what} has {size} samples{share}, fewer than {name}={batch}: lower {name}")
+
+
 def _split_item(item: Any) -> tuple[Tensor, Tensor | None]:
     """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``."""
     if isinstance(item, Tensor):
@@ -157,8 +166,13 @@ class OTPairDataModule(pl.LightningDataModule):
         self._chunks: list[Pair] = []
         if self.online is not None:
             self.coupler = self.online.coupler
+        elif isinstance(coupling, OTCoupler):
+            self.coupler = coupling
         else:
-            self.coupler = coupling if isinstance(coupling, OTCoupler) else OTCoupler(coupling)
+            try:
+                self.coupler = OTCoupler(coupling)
+            except ValueError as err:  # the data module also takes 'online'
+                raise ValueError(f"coupling: {err}, or 'online' (a persistent OnlineCoupling)") from None
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.conditional, self.global_coupling = conditional, global_coupling
@@ -198,8 +212,9 @@ class OTPairDataModule(pl.LightningDataModule):
             if self.val_target is None:
                 rank_zero_warn(
                     f"target {self.target!r} has no test split, so there is no validation: sample grids, W2/FID callbacks and "
-                    "a checkpoint monitor on val/ metrics never run; pass val_target (a Dataset, e.g. an ImageFolderDataset "
-                    "of held-out images)"
+                    "a checkpoint monitor on val/ metrics never run, and with step-based validation (check_val_every_n_epoch: "
+                    "null, as in the configs) ModelCheckpoint saves no checkpoint at all, not even last.ckpt; pass val_target "
+                    "(a Dataset, e.g. an ImageFolderDataset of held-out images) or add ModelCheckpoint(every_n_train_steps=...)"
                 )
         else:
             self._train = self.target
@@ -259,11 +274,11 @@ class OTPairDataModule(pl.LightningDataModule):
         # online under DDP: a DistributedSampler that drops the remainder instead of padding it with repeated
         # indices; two copies of one index in a world batch would duplicate one bank noise and lose another
         online_sampler = self.online is not None and world > 1
-        per_rank = len(self._train) // world if online_sampler else -(-len(self._train) // world)
-        if per_rank < ot_batch:
-            name = "ot_batch_size" if self.ot_batch_size else "batch_size"
-            share = f" ({per_rank} on each of {world} ranks)" if world > 1 else ""
-            raise ValueError(f"the training set has {len(self._train)} samples{share}, fewer than {name}={ot_batch}: lower {name}")
+        # Lightning shards the other loaders with a padding DistributedSampler, unless told not to
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        shards = world if getattr(connector, "use_distributed_sampler", True) else 1
+        _check_per_rank("the training set", len(self._train), world if online_sampler else shards, ot_batch,
+                        "ot_batch_size" if self.ot_batch_size else "batch_size", drop_last=online_sampler)
         # drop_last: every batch, on every rank, has the full OT batch (and equal shapes for all_gather)
         chunks = ot_batch // self.batch_size
         if self.prefetch_coupling:
@@ -278,8 +293,7 @@ class OTPairDataModule(pl.LightningDataModule):
             target = self._loader(self._train, shuffle=True, drop_last=True)
         if self._source_train is None:
             return target
-        if len(self._source_train) < self.batch_size:  # else every epoch has 0 steps and fit never ends
-            raise ValueError(f"source_data has {len(self._source_train)} samples, fewer than batch_size={self.batch_size}")
+        _check_per_rank("source_data", len(self._source_train), shards, self.batch_size, "batch_size")
         source = self._loader(self._source_train, shuffle=True, drop_last=True)
         return CombinedLoader({"target": target, "source": source}, mode="max_size_cycle")
 

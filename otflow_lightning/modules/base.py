@@ -71,6 +71,21 @@ def check_net_labels(net: nn.Module, num_classes: int | None) -> None:
         )
 
 
+def check_net_shape(net: nn.Module, data_shape: Sequence[int]) -> None:
+    """``ValueError`` when ``net`` (or the net a ``ResidualFlowMap`` wraps) is the package's
+    ``TimeMLP`` of another ``dim`` than vector ``data_shape``, or its ``UNet`` of other ``in_channels``
+    than image ``data_shape``. Other nets are the user's to check."""
+    from ..nets import ResidualFlowMap, TimeMLP, UNet
+
+    shape = tuple(int(s) for s in data_shape)
+    m = net.net if isinstance(net, ResidualFlowMap) else net
+    if isinstance(m, TimeMLP) and len(shape) == 1 and m.dim != shape[0]:
+        raise ValueError(f"data_shape={shape} but the net's TimeMLP was built with dim={m.dim}; build it with dim={shape[0]}")
+    if isinstance(m, UNet) and len(shape) == 3 and m.in_channels != shape[0]:
+        raise ValueError(f"data_shape={shape} has {shape[0]} channels but the net's UNet was built with "
+                         f"in_channels={m.in_channels}; build it with in_channels={shape[0]}")
+
+
 def in_dtype_of(z: Tensor, x) -> Tensor:
     """``z`` in the dtype of the caller's input ``x`` when that is a float tensor (samples come back
     as they went in), else as computed."""
@@ -159,6 +174,7 @@ class OneStepModule(pl.LightningModule):
                 "set num_classes and label_dropout > 0 (e.g. 0.1), or guidance_scale=1"
             )
         check_net_labels(net, num_classes)
+        check_net_shape(net, data_shape)
         self.num_classes, self.label_dropout, self.guidance_scale = num_classes, label_dropout, guidance_scale
         self._labels_checked = False
         self.net = net
