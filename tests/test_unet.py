@@ -69,6 +69,8 @@ def test_bad_input_errors():
         net(torch.randn(1, 1, 8, 8), 0.1)
     with pytest.raises(ValueError, match="divisible by 2"):
         net(torch.randn(1, 1, 7, 7), 0.1, 0.2)
+    with pytest.raises(ValueError, match=r"expects \(n, 1, H, W\) images \(in_channels=1\), got \(1, 3, 8, 8\)$"):
+        net(torch.randn(1, 3, 8, 8), 0.1, 0.2)  # the channel error says nothing of padding
     with pytest.raises(ValueError, match="unconditional"):
         net(torch.randn(1, 1, 8, 8), 0.1, 0.2, labels=torch.tensor([0]))
     with pytest.raises(ValueError, match="preset"):

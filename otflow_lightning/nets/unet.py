@@ -206,9 +206,11 @@ class UNet(nn.Module):
         """Args: ``x`` ``(n, C, H, W)``; each time ``(n,)`` or a scalar; ``labels`` ``(n,)`` long
         (``num_classes`` = null) or ``None``. Returns ``(n, C, H, W)``."""
         factor = 2 ** (self.levels - 1)
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % factor or x.shape[3] % factor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects (n, {self.in_channels}, H, W) images (in_channels={self.in_channels}), got {tuple(x.shape)}")
+        if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(
-                f"UNet expects (n, {self.in_channels}, H, W) with H, W divisible by {factor}, got {tuple(x.shape)}; "
+                f"UNet expects H, W divisible by {factor} ({self.levels} levels), got {tuple(x.shape)}; "
                 "pad the images or use fewer levels (channel_mult)"
             )
         emb = self.embed(x.shape[0], times, labels, x)
