@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
-from .common import EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
+from .common import (
+    EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard,
+)
 
 __all__ = ["FIDCallback", "default_cache_dir"]
 

@@ -10,7 +10,9 @@ from torch.utils.data import Dataset
 
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
-from .common import EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard
+from .common import (
+    EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard,
+)
 
 __all__ = ["WassersteinCallback"]
 
@@ -29,7 +31,8 @@ class WassersteinCallback(EvalCallback):
     the metrics concatenate the shares at ``compute()``. The generated set is the same fixed noise
     (``seed``) at every call and for any number of ranks; the real set is ``n_real`` items of ``real``
     drawn once at random with ``seed`` (all of them when ``n_real`` is the dataset's size), so
-    class-sorted data are not read one class first. Runs inside validation (see :class:`EvalCallback`), so EMA weights are evaluated.
+    class-sorted data are not read one class first. Runs inside validation (see
+    :class:`EvalCallback`), so EMA weights are evaluated.
 
     Args:
         n_samples: generated samples.

@@ -5,8 +5,8 @@
 solve) is queued on a single worker thread, so the solve overlaps step ``k``. One worker runs the
 jobs in submission order with the same generator, so the pairs are bitwise those of the synchronous
 path (except that with ``reload_dataloaders_every_n_epochs`` the re-created loader shuffles in
-another order from the second epoch on). POT's ``emd``, scipy, ``lapjv`` and torch ops release the GIL, so the solve runs beside the
-step rather than between steps.
+another order from the second epoch on). POT's ``emd``, scipy, ``lapjv`` and torch ops release the
+GIL, so the solve runs beside the step rather than between steps.
 
 On CUDA the worker copies the batch and pairs it on its own CUDA stream; the main thread makes its
 stream wait for that job's event and marks the tensors as used there (``record_stream``) before

@@ -207,7 +207,9 @@ class UNet(nn.Module):
         (``num_classes`` = null) or ``None``. Returns ``(n, C, H, W)``."""
         factor = 2 ** (self.levels - 1)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet expects (n, {self.in_channels}, H, W) images (in_channels={self.in_channels}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"UNet expects (n, {self.in_channels}, H, W) images (in_channels={self.in_channels}), got {tuple(x.shape)}"
+            )
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(
                 f"UNet expects H, W divisible by {factor} ({self.levels} levels), got {tuple(x.shape)}; "

@@ -188,8 +188,8 @@ class OTCoupler:
             returning a permutation (see above).
         cost_dtype: precision of the cost matrix: ``None`` (float64 up to 64 features, float32
             above), ``"float64"``, ``"float32"`` or ``"bfloat16"``: inner products in bfloat16,
-            the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX; 1.1-2x with AVX512-BF16) in image
-            dimensions; an approximate cost, whose exact assignment closed >= 99.99% of the gap
+            the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX; 1.1-2x
+            with AVX512-BF16) in image dimensions; an approximate cost, whose exact assignment closed >= 99.99% of the gap
             in every measured case (``docs/coupling.md``). The point methods (``bsp``,
             ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,

@@ -7,8 +7,8 @@ LongTensor on the inputs' device such that ``(x0[i], x1[perm[i]])`` are the pair
 
 - ``exact``: the fastest exact CPU solver for the problem: POT's network simplex (``emd``) for
   low-dimensional points (up to 16 features; in 2D 3.6-9.9x faster than LAPJV, and 5-18x faster
-  than scipy on clustered data) and the AVX2 LAPJV of the optional ``lapjv`` package above that (2-3x faster than ``emd`` on Gaussian
-  clouds in image dimensions);
+  than scipy on clustered data) and the AVX2 LAPJV of the optional ``lapjv`` package above that
+  (2-3x faster than ``emd`` on Gaussian clouds in image dimensions);
 - ``auction``: epsilon-scaling auction in plain torch; runs on the GPU with no per-round host
   synchronisation and reaches the optimum to within ``eps_final`` per pair;
 - ``sinkhorn``: POT's log-domain Sinkhorn on the device, rounded to a permutation;
