@@ -34,6 +34,19 @@ class OTFlowCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.source", "model.init_args.source")
 
+    def instantiate_classes(self) -> None:
+        """Build the classes; an error raised by a class's own checks surfaces alone, not wrapped in
+        jsonargparse's union-matching report (whose text repeats it under a second traceback)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            if root is err or not isinstance(root, (ValueError, TypeError, FileNotFoundError)):
+                raise
+            raise root from None
+
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
         model = self.config[sub].get("model") if sub else None

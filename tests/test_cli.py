@@ -144,6 +144,8 @@ def test_cli_bad_config_is_a_clear_error(in_tmp, override, message, capsys):
         main(["fit", "--config", TOY, override, "--trainer.max_steps=1", *QUIET])
     text = str(info.value) + capsys.readouterr().err
     assert message in text
+    # the class's own error, alone: not jsonargparse's union report wrapping it ("Does not validate ...")
+    assert info.type is ValueError and info.value.__cause__ is None and "Does not validate" not in str(info.value)
 
 
 def test_console_script_exits_zero(in_tmp):
