@@ -20,7 +20,7 @@ __all__ = ["OTFlowCLI", "main", "entry_point"]
 
 
 def _flat(tree, prefix: str = "") -> dict[str, object]:
-    """``{"a.b": leaf}`` of nested dicts/lists."""
+    """``{"a.b": leaf}`` of nested dicts (lists and other values are leaves)."""
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): tree}

@@ -252,4 +252,4 @@ def test_source_data_and_training_set_need_a_full_batch_on_every_rank():
     # without Lightning's distributed sampler every rank reads the whole set: no per-rank split
     data.trainer = SimpleNamespace(world_size=2, global_rank=0,
                                    _accelerator_connector=SimpleNamespace(use_distributed_sampler=False))
-    assert data.train_dataloader() is not None
+    assert len(data.train_dataloader().iterables["source"]) == 1  # 101 // 60 source batches on this rank

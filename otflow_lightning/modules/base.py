@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..data.datamodule import Pair
 from ..data.sources import check_source, draw_source
+from ..nets import ResidualFlowMap, TimeMLP, UNet
 from ..utils import rank_generator
 
 __all__ = ["OneStepModule", "draw_times", "check_time_dist", "hparams_ignore"]
@@ -75,8 +76,6 @@ def check_net_shape(net: nn.Module, data_shape: Sequence[int]) -> None:
     """``ValueError`` when ``net`` (or the net a ``ResidualFlowMap`` wraps) is the package's
     ``TimeMLP`` of another ``dim`` than vector ``data_shape``, or its ``UNet`` of other ``in_channels``
     than image ``data_shape``. Other nets are the user's to check."""
-    from ..nets import ResidualFlowMap, TimeMLP, UNet
-
     shape = tuple(int(s) for s in data_shape)
     m = net.net if isinstance(net, ResidualFlowMap) else net
     if isinstance(m, TimeMLP) and len(shape) == 1 and m.dim != shape[0]:
