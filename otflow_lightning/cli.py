@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+import torch
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -48,11 +51,29 @@ class OTFlowCLI(LightningCLI):
             raise root from None
 
     def _parse_ckpt_path(self) -> None:
+        """LightningCLI's, plus: a checkpoint saved outside the CLI (a module built in Python) has no
+        ``_class_path`` among its hyperparameters, so they are read as the init args of the
+        config's model class (LightningCLI fails on them); and the warning on replaced settings."""
         sub = self.config.get("subcommand")
         model = self.config[sub].get("model") if sub else None
         before = _flat(model.as_dict()) if hasattr(model, "as_dict") else None
-        super()._parse_ckpt_path()
-        after = self.config[sub].get("model") if sub else None
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:  # saved under the CLI
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        elif getattr(model, "class_path", None):
+            hparams = {"class_path": model.class_path, "init_args": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+        after = self.config[sub].get("model")
         if before is None or not hasattr(after, "as_dict"):
             return
         after = _flat(after.as_dict())

@@ -74,6 +74,24 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
     assert model.sample(x0).shape == (5, 2)
 
 
+def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
+    """A module built in Python saves no ``_class_path``; ``--ckpt_path`` reads its settings as the
+    init args of ``--model``'s class (LightningCLI rejected them) and restores its weights."""
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTPairDataModule
+
+    module = OTMeanFlow(source="gaussian", lr=0.01)
+    trainer = pl.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=".")
+    trainer.fit(module, OTPairDataModule(source="gaussian", batch_size=64))
+    trainer.save_checkpoint("python.ckpt")
+    cli = main(["validate", "--model=OTMeanFlow", "--data=OTPairDataModule", "--data.source=gaussian",
+                "--trainer.logger=false", *QUIET, "--ckpt_path=python.ckpt"])
+    assert type(cli.model) is OTMeanFlow and cli.model.hparams.lr == 0.01
+    assert all(torch.equal(a, b) for a, b in zip(cli.model.state_dict().values(), module.state_dict().values()))
+
+
 EXTENSION = textwrap.dedent(
     '''
     import torch
