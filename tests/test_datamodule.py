@@ -149,3 +149,25 @@ def test_online_bank_of_another_training_set_is_refused_on_resume():
     resumed.setup("fit")
     with pytest.raises(ValueError, match="bank holds 4096 points but the training set has 50000"):
         resumed.load_state_dict(state)
+
+
+def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkeypatch):
+    """``seed=None`` follows ``seed_everything``: a seed sweep gets other toy points and another first
+    noise bank; without a run seed (and with seed_everything(0), as in the configs) it is seed 0."""
+
+    def data(run_seed):
+        if run_seed is None:
+            monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        else:
+            monkeypatch.setenv("PL_GLOBAL_SEED", str(run_seed))
+        dm = OTPairDataModule(coupling="online", toy_size=500, seed=None)
+        dm.setup("fit")
+        return dm._train.points, dm.state_dict()["online"]["bank"]
+
+    pinned = OTPairDataModule(coupling="online", toy_size=500, seed=0)
+    pinned.setup("fit")
+    x1, bank1 = data(1)
+    x2, bank2 = data(2)
+    for x, bank in (data(None), data(0)):
+        assert torch.equal(x, pinned._train.points) and torch.equal(bank, pinned.state_dict()["online"]["bank"])
+    assert not torch.equal(x1, x2) and not torch.equal(bank1, bank2)

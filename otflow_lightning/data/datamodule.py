@@ -54,6 +54,11 @@ def _check_per_rank(what: str, size: int, ranks: int, batch: int, name: str, dro
         raise ValueError(f"{what} has {size} samples{share}, fewer than {name}={batch}: lower {name}")
 
 
+def _run_seed() -> int:
+    """The seed ``seed_everything`` set for this run (0 without one)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def _split_item(item: Any) -> tuple[Tensor, Tensor | None]:
     """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``."""
     if isinstance(item, Tensor):
@@ -89,7 +94,10 @@ class OTPairDataModule(pl.LightningDataModule):
         toy_size: points in a toy training set (drawn once from ``seed``).
         val_size: points in a toy validation set.
         num_workers: DataLoader workers.
-        seed: base seed of the source generators; ``None`` takes ``torch.initial_seed()`` at setup.
+        seed: base seed of the toy sets, the online coupling's first noise bank and the per-rank
+            source generators. ``None``: the run's seed (``seed_everything``, which must be the
+            same on every rank; 0 without one) for the toy sets and the bank, and
+            ``torch.initial_seed()`` for the source draws.
         conditional: class-conditional coupling (C2OT): source labels are drawn from the batch's
             label marginal independently of the noise, and pairs are matched within labels (or
             with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
@@ -201,7 +209,7 @@ class OTPairDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
-        base = 0 if self.seed is None else self.seed
+        base = _run_seed() if self.seed is None else self.seed
         if isinstance(self.target, str) and self.target in TOYS:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
             if self.val_target is None and self.val_size > 0:
@@ -286,8 +294,7 @@ class OTPairDataModule(pl.LightningDataModule):
         elif self.ot_batch_size:
             target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=chunks)
         elif online_sampler:  # Lightning keeps a DistributedSampler it is given and calls its set_epoch
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            sampler = DistributedSampler(self._train, world, self.trainer.global_rank, shuffle=True, seed=seed, drop_last=True)
+            sampler = DistributedSampler(self._train, world, self.trainer.global_rank, shuffle=True, seed=_run_seed(), drop_last=True)
             target = self._loader(self._train, shuffle=False, drop_last=True, sampler=sampler)
         else:
             target = self._loader(self._train, shuffle=True, drop_last=True)
