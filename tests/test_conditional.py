@@ -148,3 +148,11 @@ def test_conditional_unet_jvp_with_labels_matches_finite_differences():
     torch.testing.assert_close(target, v + (e - t)[:, None, None, None] * fd, rtol=1e-5, atol=1e-6)
     other = m.average_velocity(z, t, e, torch.tensor([4, 10]))
     assert not torch.allclose(other[0], u[0]) and torch.allclose(other[1], u[1])  # labels change the output
+
+
+def test_float_labels_are_refused_in_training():
+    """Float labels (e.g. regression targets passed as labels) are not truncated into classes silently."""
+    model = OTMeanFlow(num_classes=2)
+    pair = Pair(torch.randn(8, 2), torch.randn(8, 2), labels=torch.tensor([0.6, 1.1] * 4))
+    with pytest.raises(ValueError, match="labels must be integer class indices, got dtype torch.float32"):
+        model.training_step(pair, 0)

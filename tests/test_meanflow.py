@@ -195,3 +195,21 @@ def test_non_finite_loss_says_whether_the_batch_was_bad():
     x1[3, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="x1 hold NaN/Inf; check the data"):
         model.training_step(Pair(torch.randn(8, 2), x1), 0)
+
+
+def test_float64_data_trains_in_the_modules_dtype():
+    """numpy's float64 arrays (``torch.from_numpy``) train a float32 module: the pair is cast, as in ``sample``."""
+    import lightning.pytorch as pl
+    from torch.utils.data import TensorDataset
+
+    from otflow_lightning import OTPairDataModule
+
+    x = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = OTMeanFlow(source="gaussian")
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, OTPairDataModule(target=TensorDataset(x), source="gaussian", batch_size=64))
+    assert trainer.global_step == 3
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import numbers
@@ -259,6 +260,9 @@ class OneStepModule(pl.LightningModule):
                 f"{type(self).__name__} has num_classes={self.num_classes} but the batch has no labels: train on a "
                 "labelled dataset ((x, label) items) with data.conditional=true"
             )
+        if pair.labels.is_floating_point() or pair.labels.dtype == torch.bool:
+            raise ValueError(f"batch labels must be integer class indices, got dtype {pair.labels.dtype}: give the "
+                             "dataset (x, label) items with integer labels (e.g. torch.long)")
         labels = pair.labels.long()
         if not self._labels_checked:  # once: a range check costs a host sync
             lo, hi = int(labels.min()), int(labels.max())
@@ -327,6 +331,8 @@ class OneStepModule(pl.LightningModule):
                 f"{type(self).__name__} expects a Pair batch from OTPairDataModule (got {type(batch).__name__}); "
                 "train it with otflow_lightning.OTPairDataModule or build Pair(x0, x1) yourself"
             )
+        if batch.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
+            batch = dataclasses.replace(batch, x0=batch.x0.to(self.dtype), x1=batch.x1.to(self.dtype))
         return batch
 
     def training_step(self, batch: Pair, batch_idx: int) -> Tensor:
