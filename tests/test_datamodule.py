@@ -171,3 +171,19 @@ def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkey
     for x, bank in (data(None), data(0)):
         assert torch.equal(x, pinned._train.points) and torch.equal(bank, pinned.state_dict()["online"]["bank"])
     assert not torch.equal(x1, x2) and not torch.equal(bank1, bank2)
+
+
+def test_a_loader_override_without_indices_is_a_clear_error():
+    """A subclass's own train_dataloader (the Lightning idiom) must yield (index, item) batches: say how."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from otflow_lightning.data import IndexedDataset
+
+    data = TensorDataset(torch.randn(64, 2), torch.zeros(64, dtype=torch.long))
+    dm = OTPairDataModule(batch_size=16, seed=0)
+    dm.trainer = fake_trainer()
+    for plain in (DataLoader(data, batch_size=16), DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=16)):
+        with pytest.raises(TypeError, match=r"wrap the dataset: DataLoader\(otflow_lightning.data.IndexedDataset"):
+            first_batch(dm, plain)
+    pair = first_batch(dm, DataLoader(IndexedDataset(data), batch_size=16))  # the fix works
+    assert pair.x1.shape == (16, 2) and torch.equal(pair.labels, torch.zeros(16, dtype=torch.long))

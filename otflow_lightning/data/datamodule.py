@@ -59,6 +59,19 @@ def _run_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
+def _indexed(batch: Any) -> tuple[Tensor, Any]:
+    """``(index, item)`` of a batch from the data module's loaders; ``TypeError`` for any other batch."""
+    if isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], Tensor) and batch[0].ndim == 1 \
+            and not batch[0].is_floating_point():
+        return batch
+    raise TypeError(
+        "OTPairDataModule pairs (index, item) batches, which its loaders make by wrapping the dataset in "
+        f"IndexedDataset; got a {type(batch).__name__} of another form. If you override train_dataloader or "
+        "val_dataloader, wrap the dataset: DataLoader(otflow_lightning.data.IndexedDataset(dataset), ...), or "
+        "assign the dataset to `target` in setup() and keep the data module's loaders"
+    )
+
+
 def _split_item(item: Any) -> tuple[Tensor, Tensor | None]:
     """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``."""
     if isinstance(item, Tensor):
@@ -382,7 +395,7 @@ class OTPairDataModule(pl.LightningDataModule):
         elif self._source_val is not None:  # translation, validation: ZipDataset pairs
             index, (item, source_item) = batch
         else:
-            (index, item), source_item = batch, None
+            (index, item), source_item = _indexed(batch), None
         x1, labels = _split_item(item)
         if not x1.is_floating_point():
             raise ValueError(f"target samples must be floating point, got {x1.dtype}: scale images to floats "
