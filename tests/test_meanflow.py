@@ -1,3 +1,6 @@
+import os
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -213,3 +216,42 @@ def test_float64_data_trains_in_the_modules_dtype():
     assert trainer.global_step == 3
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+class WrongWidthNet(nn.Module):
+    """Returns 3 features for 2D data (the user's mistake)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+
+    def forward(self, z, t, h=None):
+        return self.layer(torch.cat([z, t[:, None], (t if h is None else h)[:, None]], 1))
+
+
+def test_net_mistakes_are_named(tmp_path):
+    """A net of the wrong output shape, a BatchNorm in an OT-MF net, and a reload without the Python-built
+    net get errors/warnings that say so, instead of torch's broadcasting / functorch / state-dict errors."""
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTNeuralFlowMatching
+
+    pair = Pair(torch.randn(8, 2), torch.randn(8, 2))
+    for module in (OTMeanFlow(net=WrongWidthNet()), OTNeuralFlowMatching(net=WrongWidthNet())):
+        with pytest.raises(ValueError, match=r"the net returned shape \(\d+, 3\) for an input of shape \(\d+, 2\)"):
+            module.training_step(pair, 0)
+    with pytest.raises(ValueError, match="holds a BatchNorm1d.*use GroupNorm or LayerNorm"):
+        OTMeanFlow(net=nn.Sequential(nn.BatchNorm1d(2), WrongWidthNet()))
+    # a net built in Python is not in the checkpoint's hyperparameters: reloading without it names the fix
+    model = OTMeanFlow(net=TimeMLP(dim=2, num_times=2, hidden=32))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(ckpt := os.path.join(tmp_path, "python_net.ckpt"))
+    with pytest.warns(UserWarning, match=r"net was built in Python.*load_from_checkpoint\(path, net=<the same network>\)"):
+        with pytest.raises(RuntimeError, match="state_dict"):
+            OTMeanFlow.load_from_checkpoint(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        reloaded = OTMeanFlow.load_from_checkpoint(ckpt, net=TimeMLP(dim=2, num_times=2, hidden=32))
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))

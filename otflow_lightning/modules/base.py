@@ -10,6 +10,7 @@ import numbers
 from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import Tensor, nn
 
@@ -47,6 +48,13 @@ def hparams_ignore() -> list[str]:
     except ImportError:  # a Lightning without the CLI's given hyperparameters
         return ["net"]
     return [] if _given_hyperparameters.get() is not None else ["net"]
+
+
+def check_net_output(out: Tensor, x: Tensor) -> None:
+    """``ValueError`` unless the net's output ``out`` has the shape of its input ``x``: ``(n, *data_shape)``."""
+    if out.shape != x.shape:
+        raise ValueError(f"the net returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; its output "
+                         "must have the input's shape (n, *data_shape)")
 
 
 def check_vector_data(data_shape: Sequence[int], net_hint: str) -> None:
@@ -361,6 +369,18 @@ class OneStepModule(pl.LightningModule):
         """One-step samples from the batch's source draws (of the batch's labels, if conditional): ``(n, *data_shape)``."""
         pair = self._as_pair(batch)
         return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Warn when the checkpoint's net differs from this module's and the checkpoint cannot rebuild
+        it (a net built in Python is not among its hyperparameters): the usual cause is
+        ``load_from_checkpoint(path)`` without ``net=``, and the state-dict error that follows does not say so."""
+        saved = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if k.startswith("net.")}
+        if saved and saved != ours and "net" not in checkpoint.get("hyper_parameters", {}):
+            rank_zero_warn(
+                f"this checkpoint's net was built in Python and is not the {type(self.net).__name__} this module was "
+                f"built with; pass it again: {type(self).__name__}.load_from_checkpoint(path, net=<the same network>)"
+            )
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

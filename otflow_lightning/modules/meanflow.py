@@ -44,7 +44,17 @@ from torch import Tensor, nn
 
 from ..data.datamodule import Pair
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore, in_dtype_of
+from .base import (
+    OneStepModule,
+    check_net_output,
+    check_time_dist,
+    check_vector_data,
+    draw_times,
+    eval_mode,
+    flat_dim,
+    hparams_ignore,
+    in_dtype_of,
+)
 
 __all__ = ["OTMeanFlow"]
 
@@ -111,6 +121,12 @@ class OTMeanFlow(OneStepModule):
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
+        norm = next((m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats), None)
+        if norm is not None:
+            raise ValueError(
+                f"the net holds a {type(norm).__name__}, whose running-statistics update in training breaks the JVP "
+                "(torch.func.jvp refuses in-place updates of captured tensors): use GroupNorm or LayerNorm instead"
+            )
         super().__init__(
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
@@ -177,6 +193,7 @@ class OTMeanFlow(OneStepModule):
         else:
             with fp32:
                 u, dudt = torch.func.jvp(average_velocity, (z, t, e), tangents)
+        check_net_output(u, z)
         target = v + (e - t).reshape(shape) * dudt
         return u, target.detach()
 

@@ -31,7 +31,17 @@ from torch import Tensor, nn
 from ..data.datamodule import Pair
 from ..nets.flows import ResidualFlowMap
 from ..nets.mlp import TimeMLP
-from .base import OneStepModule, check_time_dist, check_vector_data, draw_times, eval_mode, flat_dim, hparams_ignore, in_dtype_of
+from .base import (
+    OneStepModule,
+    check_net_output,
+    check_time_dist,
+    check_vector_data,
+    draw_times,
+    eval_mode,
+    flat_dim,
+    hparams_ignore,
+    in_dtype_of,
+)
 
 __all__ = ["OTNeuralFlowMatching", "variance_ratio"]
 
@@ -117,7 +127,9 @@ class OTNeuralFlowMatching(OneStepModule):
         if labels is not None and self.guidance_scale != 1.0:
             with torch.no_grad():
                 x_t = self.guided(x_t, self.flow_map(x0, t, self.null_labels(len(t))), labels)
-        sq_error = (self.flow_map(x0, t, labels) - x_t).flatten(1).square().mean(1)
+        mapped = self.flow_map(x0, t, labels)
+        check_net_output(mapped, x_t)
+        sq_error = (mapped - x_t).flatten(1).square().mean(1)
         flow = sq_error[:n].mean()
         if self.endpoint_weight == 0:
             return flow, {"flow_mse": flow.detach()}
