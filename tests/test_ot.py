@@ -455,8 +455,32 @@ def test_emd_budget_follows_the_failure_policy():
     assert not coupling.converged and coupling.failures == 1 and is_permutation(coupling.perm, 64)
     sampled = OTCoupler("emd", max_iter=3, on_failure="warn", plan_sampler=True).couple(x0, x1)
     assert is_permutation(sampled.perm, 64)  # the rounded plan is a permutation's
-    with pytest.raises(RuntimeError, match="stopped at its budget"):
+    with pytest.raises(RuntimeError, match=r"stopped at its budget \(n=64\); raise"):  # no "None iterations"
         OTCoupler("exact", max_iter=3).couple(x0, x1)
+
+
+def test_statistics_of_degenerate_and_budgeted_solves():
+    """All points equal: cost_ratio 1 (no gain), not 0 (a perfect coupling); Sinkhorn reports the
+    iterations it ran (POT's niter is 0-based)."""
+    assert OTCoupler("exact").couple(torch.ones(8, 3), torch.ones(8, 3)).cost_ratio == 1.0
+    x0, x1 = clouds(32, 2, shift=1.0)
+    for budget in (1, 5):
+        coupling = OTCoupler("sinkhorn", max_iter=budget, tol=1e-30, on_failure="warn").couple(x0, x1)
+        assert coupling.iterations == budget and not coupling.converged
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_multiscale_clusters_half_precision_points_in_float32(dtype):
+    """float16 cluster sums of 2D points at 300 overflowed to inf ("coarse transport did not fill every cluster")."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2048, 2, generator=g)
+    x1 = (torch.randn(8, 2, generator=g) * 5 + 300)[torch.randint(0, 8, (2048,), generator=g)] + torch.randn(2048, 2, generator=g)
+    x0, x1 = x0.to(dtype), x1.to(dtype)
+    perm = OTCoupler("multiscale", leaf_size=256).match(x0, x1)
+    cost = squared_euclidean(x0.double(), x1.double())
+    optimum = cost[torch.arange(2048), OTCoupler("lsa").match(x0.double(), x1.double())].sum()
+    independent = cost.diagonal().sum()
+    assert float((independent - cost[torch.arange(2048), perm].sum()) / (independent - optimum)) > 0.99
 
 
 def test_bad_dtypes_and_label_shapes_name_the_argument():

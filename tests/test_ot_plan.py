@@ -133,3 +133,17 @@ def test_plan_sampler_fits_from_the_cli(in_tmp):
     assert coupler.method == "lowrank" and coupler.plan_sampler and coupler.options == {"rank": 32}
     assert cli.trainer.global_step == 3
     assert 0 < float(cli.trainer.callback_metrics["coupling/unique_targets"]) < 1
+
+
+def test_lowrank_plan_of_one_point_on_a_side_is_uniform():
+    """n=1, all-equal targets, or a class of one sample under strict labels: every plan is optimal
+    (k-means on one distinct point made POT's plan non-finite, an error)."""
+    g = torch.Generator().manual_seed(0)
+    coupler = OTCoupler("lowrank", plan_sampler=True)
+    assert coupler.match(torch.randn(1, 2), torch.randn(1, 2), generator=g).tolist() == [0]
+    plan = PLANS["lowrank"](None, torch.randn(16, 2, generator=g), torch.zeros(16, 2))
+    assert torch.allclose(plan.plan, torch.full((16, 16), 1 / 256, dtype=torch.float64))
+    c1 = torch.tensor([0] * 20 + [1] * 23 + [2])
+    x0, x1 = torch.randn(44, 2, generator=g), torch.randn(44, 2, generator=g) + 3 * c1[:, None]
+    perm = coupler.match(x0, x1, c1, c1, generator=g)
+    assert torch.equal(c1[perm], c1) and perm[43] == 43  # labels respected; the single class-2 sample kept

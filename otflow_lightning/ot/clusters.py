@@ -54,9 +54,10 @@ def kmeans(
 
 
 def flat_features(x: Tensor) -> Tensor:
-    """``(n, d)`` view of a batch, float32 in image dimensions (as the cost matrix)."""
+    """``(n, d)`` view of a batch: float32 in image dimensions (as the cost matrix) and for half
+    precision (whose cluster sums overflow); in its own dtype otherwise."""
     x = x.detach().reshape(x.shape[0], -1)
-    return x.float() if x.shape[1] > 64 else x
+    return x.float() if x.shape[1] > 64 or x.element_size() < 4 else x
 
 
 def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -115,7 +115,7 @@ class Coupling:
     @property
     def cost_ratio(self) -> float:
         """OT cost over independent cost (1 for independent pairing, lower is better)."""
-        return self.cost / max(self.independent_cost, 1e-30)
+        return self.cost / self.independent_cost if self.independent_cost > 0 else 1.0  # all points equal: 1
 
     def stats(self) -> dict[str, float]:
         """Scalars to log, under ``coupling/``."""
@@ -371,7 +371,8 @@ class OTCoupler:
             sol, method = self._solve_per_label(x0, x1, c0, c1, generator) if strict else self._solve(x0, x1, c0, c1, generator)
         ms = timer.stop()
         if not sol.converged:
-            message = f"OT solver {method!r} stopped at its budget (n={x0.shape[0]}, {sol.iterations} iterations)"
+            ran = "" if sol.iterations is None else f", {sol.iterations} iterations"
+            message = f"OT solver {method!r} stopped at its budget (n={x0.shape[0]}{ran})"
             if self.on_failure == "raise":
                 raise RuntimeError(f"{message}; raise its budget, or pass on_failure='warn' to count and continue")
             self.failures += 1

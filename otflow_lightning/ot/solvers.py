@@ -459,7 +459,8 @@ def plan_sinkhorn(
     if not torch.isfinite(plan).all():
         raise RuntimeError(f"Sinkhorn produced a non-finite plan (epsilon={epsilon}); raise epsilon")
     err = float(log["err"][-1]) if log.get("err") else 0.0
-    return TransportPlan(plan, iterations=int(log.get("niter", max_iter)), converged=err <= tol)
+    # POT's niter is the index of the last iteration run
+    return TransportPlan(plan, iterations=int(log["niter"]) + 1 if "niter" in log else max_iter, converged=err <= tol)
 
 
 def solve_sinkhorn(cost: Tensor, x0=None, x1=None, **options) -> Solution:
@@ -516,6 +517,9 @@ def plan_lowrank(
         raise ValueError(f"lowrank init must be 'random' or, for CPU inputs, 'kmeans'; got {init!r} on {x0.device}")
     a = x0.detach().reshape(x0.shape[0], -1).to(torch.float64)
     b = x1.detach().reshape(x1.shape[0], -1).to(torch.float64)
+    if bool((a == a[:1]).all()) or bool((b == b[:1]).all()):  # one point on a side (n=1): every plan is optimal
+        w = torch.full((a.shape[0],), 1.0 / a.shape[0], dtype=torch.float64, device=x0.device)
+        return TransportPlan(w[:, None] * w[None, :], iterations=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         q, r, g = ot.lowrank_sinkhorn(a, b, reg=epsilon, rank=rank, numItermax=max_iter, stopThr=tol, init=init, seed_init=seed)
