@@ -156,3 +156,32 @@ def test_float_labels_are_refused_in_training():
     pair = Pair(torch.randn(8, 2), torch.randn(8, 2), labels=torch.tensor([0.6, 1.1] * 4))
     with pytest.raises(ValueError, match="labels must be integer class indices, got dtype torch.float32"):
         model.training_step(pair, 0)
+
+
+def test_soft_label_cost_logs_and_warns_the_pairs_that_cross_classes():
+    """With a float label_weight the noise of a crossing pair takes its target's label (the C2OT skew);
+    the data module logs that share and warns once when it exceeds 1%."""
+    import types
+    import warnings
+
+    from otflow_lightning.ot import OTCoupler
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(1024) % 2
+    x = torch.randn(1024, 2, generator=g) * 0.5 + torch.stack([4.0 * labels - 2.0, torch.zeros(1024)], 1)
+    data = TensorDataset(x, labels)
+
+    def crossings(label_weight):
+        dm = OTPairDataModule(target=data, batch_size=1024, conditional=True, seed=0,
+                              coupling=OTCoupler("exact", label_weight=label_weight))
+        dm.trainer = types.SimpleNamespace(training=True, global_rank=0, global_step=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pair = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        return pair.stats.get("coupling/label_crossings"), [w for w in caught if "cross classes" in str(w.message)]
+
+    low, warned = crossings(0.5)
+    assert low > 0.2 and len(warned) == 1  # pairs cross at a weight below the class distance (16)
+    high, warned = crossings(100.0)
+    assert high == 0.0 and not warned
+    assert crossings(None) == (None, [])  # strict matching never crosses: no statistic

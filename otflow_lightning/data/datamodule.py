@@ -113,7 +113,9 @@ class OTPairDataModule(pl.LightningDataModule):
             ``torch.initial_seed()`` for the source draws.
         conditional: class-conditional coupling (C2OT): source labels are drawn from the batch's
             label marginal independently of the noise, and pairs are matched within labels (or
-            with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``.
+            with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``
+            (with a float ``label_weight``, pairs that cross classes take the target's label:
+            ``coupling/label_crossings`` logs their share, and more than 1% is warned about once).
             With ``online`` the bank's noise moves only between data of one class.
         global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
             batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise (with
@@ -197,6 +199,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.conditional, self.global_coupling = conditional, global_coupling
+        self._warned_crossings = False
         self.root, self.download, self.dataset_options, self.source_data = root, download, dict(dataset_options or {}), source_data
         self._train: Dataset | None = None
         self._source_train: Dataset | None = None
@@ -419,7 +422,18 @@ class OTPairDataModule(pl.LightningDataModule):
         x1, (labels, index), coupling = couple_batch(
             self.coupler, x0, x1, c0, c1, payload=(labels, index), across_ranks=self.global_coupling, generator=generator
         )
-        return Pair(x0, x1, labels, index, coupling.stats())
+        stats = coupling.stats()
+        if c0 is not None and getattr(self.coupler, "label_weight", None) is not None:
+            stats["coupling/label_crossings"] = crossed = float((c0 != labels).float().mean())
+            if crossed > 0.01 and not self._warned_crossings:
+                self._warned_crossings = True
+                rank_zero_warn(
+                    f"conditional=True with label_weight={self.coupler.label_weight}: {crossed:.1%} of this batch's pairs "
+                    "cross classes, and their noise takes the data's label, which skews each class's noise towards its "
+                    "data (logged as coupling/label_crossings); raise label_weight above the distances between classes, "
+                    "or use label_weight=None (exact matching within classes)"
+                )
+        return Pair(x0, x1, labels, index, stats)
 
     def teardown(self, stage: str) -> None:
         if self._prefetcher is not None:  # end the worker; queued batches give their draws back
