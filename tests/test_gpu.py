@@ -89,3 +89,13 @@ def test_coupling_ms_leaves_out_work_on_other_streams():
         coupling = coupler.couple(x0, x1)
     assert coupling.ms < 0.5 * busy_ms, (coupling.ms, busy_ms)
     torch.cuda.synchronize()
+
+
+def test_auction_on_repeated_targets_breaks_ties_on_the_device():
+    """Repeated targets run the jittered (eager) auction, also when cuda_graph is asked for: same result, converged."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1024, 64, generator=g).cuda()
+    x1 = torch.randn(8, 64, generator=g)[torch.arange(1024) % 8].cuda()
+    eager, graphed = OTCoupler("auction").couple(x0, x1), OTCoupler("auction", cuda_graph=True).couple(x0, x1)
+    assert eager.converged and torch.equal(eager.perm, graphed.perm) and eager.iterations == graphed.iterations
+    assert torch.equal(eager.perm.sort().values, torch.arange(1024, device=x0.device))

@@ -237,6 +237,7 @@ class _Auction:
         self.owner = torch.full((n + 1,), n, dtype=torch.long, device=device)  # column -> row (n: none)
         self.rows = torch.arange(n, device=device)
         self.neg_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
+        self.tie_generator: torch.Generator | None = None  # set: break ties among best columns at random
 
     def start_phase(self, eps: Tensor) -> None:
         self.eps.copy_(eps)
@@ -253,7 +254,12 @@ class _Auction:
         else:
             bidder = torch.where(free, self.rows, n)
             value = self.benefit[:n] - price
-        first, col = value.max(1)  # two max passes: much faster than topk(2) on a GPU
+        if self.tie_generator is None:
+            first, col = value.max(1)  # two max passes: much faster than topk(2) on a GPU
+        else:  # duplicated points: tied bidders spread over tied columns instead of all taking the first
+            jitter = torch.rand(value.shape, generator=self.tie_generator, dtype=value.dtype, device=value.device)
+            col = torch.addcmul(value, jitter, self.eps, value=0.01).argmax(1)
+            first = value.gather(1, col[:, None]).squeeze(1)  # within eps / 100 of the best: a bid >= 0.99 eps
         second = value.scatter_(1, col[:, None], -math.inf).max(1).values
         bid = torch.where(bidder < n, price[col] + (first - second) + self.eps, self.neg_inf)
         best = torch.full((n,), -math.inf, dtype=price.dtype, device=price.device).scatter_reduce_(0, col, bid, "amax")
@@ -269,6 +275,16 @@ class _Auction:
     def block(self, k: int, rounds: int) -> None:
         for _ in range(rounds):
             self.round(k)
+
+
+def has_duplicate_rows(x: Tensor) -> bool:
+    """Whether two rows of ``x`` ``(n, ...)`` are equal, from two random projections of the rows (one
+    host sync; distinct rows collide in both with negligible probability, which only costs a
+    slower auction)."""
+    flat = x.detach().reshape(x.shape[0], -1)
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    r = torch.randn(flat.shape[1], 2, generator=torch.Generator().manual_seed(0), dtype=flat.dtype).to(flat.device)
+    return torch.unique(flat @ r, dim=0).shape[0] < flat.shape[0]
 
 
 def _cuda_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -387,6 +403,9 @@ def solve_auction(
     per round, so those rows are matched to the free columns exactly (:func:`complete_exactly`).
     If the round budget runs out first, the remaining rows are paired by
     :func:`repair_permutation` and the solution is marked unconverged.
+    Equal rows among the points (repeated targets or sources, :func:`has_duplicate_rows`) tie
+    columns exactly; the bidders then choose among near-best columns with a seeded random jitter
+    of ``eps / 100`` (the bid keeps the true values), which runs eagerly even with ``cuda_graph``.
 
     Args:
         cost: ``(n, n)`` cost matrix (float32 is enough; differences, not absolute values, matter).
@@ -412,11 +431,16 @@ def solve_auction(
         return Solution(torch.arange(n, device=cost.device), iterations=0)
     tail = int(tail * n)
     phases = max(1, math.ceil(math.log(eps_start / eps_final) / math.log(eps_factor)) + 1)
-    if cuda_graph and cost.is_cuda:
+    # duplicated points tie columns (or rows) exactly: without a tie-break every tied bidder bids for
+    # the same column and the auction wins one per round, eps by eps, until its budget runs out
+    ties = any(has_duplicate_rows(x) for x in ((cost, cost.T) if x0 is None or x1 is None else (x0, x1)))
+    if cuda_graph and cost.is_cuda and not ties:
         auction = _graphed_auction(n, cost.dtype, cost.device, check_every)
         lock = auction.lock
     else:
         auction, lock = _Auction(cost.new_zeros(n + 1, n)), contextlib.nullcontext()
+        if ties:
+            auction.tie_generator = torch.Generator(cost.device).manual_seed(0)
     with lock:
         torch.neg(cost, out=auction.benefit[:n])  # row n, read by padded bidder slots, stays 0
         if warm_start > 0:
