@@ -1,6 +1,7 @@
 import glob
 import math
 import os
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -154,7 +155,7 @@ def test_fid_real_statistics_are_cached_on_disk(tmp_path):
         values.append(float(metrics["val/fid_1step"]))
         assert int(cb.fid.real_features_num_samples) == len(real)
     assert values[0] == pytest.approx(values[1], rel=1e-12)
-    assert CountingDataset.reads == 3  # the second run read only the three fingerprint items
+    assert CountingDataset.reads == 4  # the second run read only the first item (shape check) and three fingerprint items
     assert len(os.listdir(tmp_path / "cache")) == 1
 
 
@@ -313,3 +314,41 @@ def test_a_real_set_smaller_than_n_real_is_an_error_at_setup_not_at_the_first_va
     assert trainer.global_step == 0  # refused before training, not after val_check_interval steps
     with pytest.raises(ValueError, match="FIDCallback.*n_real=60 .* has only 48"):
         FIDCallback(real_images(), n_real=60, feature=PixelFeatures()).setup(_trainer(tmp_path, []), ImageModule(), "fit")
+
+
+class DictPointModule(PointModule):
+    """A module from outside the library whose validation batches are dicts."""
+
+
+class DictPoints(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.randn(2)}
+
+
+def test_real_sets_of_another_form_or_shape_are_named_and_dict_batches_still_get_a_sample_grid(tmp_path):
+    with pytest.raises(ValueError, match=r"real set holds samples of shape \(3,\) but the module's data_shape is \(2,\)"):
+        WassersteinCallback(real=TensorDataset(torch.randn(200, 3)), n_samples=100).setup(_trainer(tmp_path, []), PointModule(), "fit")
+    with pytest.raises(ValueError, match=r"real set yields dict items; give real=<Dataset> whose items are tensors"):
+        WassersteinCallback(real=DictPoints(), n_samples=8).setup(_trainer(tmp_path, []), PointModule(), "fit")
+    # real="val" of a plain loader is known only at the first evaluation: the same error there
+    with pytest.raises(ValueError, match=r"WassersteinCallback\(real='val'\) yields dict items"):
+        _trainer(tmp_path, [WassersteinCallback(n_samples=8)]).validate(DictPointModule(), DataLoader(DictPoints()), verbose=False)
+    # the sample grid draws its samples without the (unreadable) data behind them
+    cb = SamplingCallback(n_samples=50)
+    _trainer(tmp_path, [cb]).validate(DictPointModule(), DataLoader(DictPoints()), verbose=False)
+    assert os.path.isfile(cb.last_path)
+
+
+def test_a_monitored_metric_of_a_callback_that_skips_validations_is_warned_about(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    real = TensorDataset(torch.randn(100, 2))
+    for every, warned in ((2, True), (None, False)):
+        callbacks = [WassersteinCallback(real=real, n_samples=100, every_n_epochs=every), EarlyStopping(monitor="val/w2_sq")]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _trainer(tmp_path, callbacks).validate(PointModule(), DataLoader(TensorDataset(torch.randn(8, 2))), verbose=False)
+        assert any("monitors val/w2_sq" in str(w.message) for w in caught) == warned

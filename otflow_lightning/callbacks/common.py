@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -29,7 +30,8 @@ __all__ = [
     "EvalCallback",
     "batch_target",
     "check_protocol",
-    "check_real_size",
+    "check_real_item",
+    "check_real_set",
     "eval_labels",
     "eval_steps",
     "generate",
@@ -120,7 +122,8 @@ def batch_target(batch) -> Tensor:
     while isinstance(batch, (list, tuple)):
         batch = batch[0]
     if not isinstance(batch, Tensor):
-        raise TypeError(f"cannot find the target samples in a batch of type {type(batch).__name__}")
+        raise TypeError(f"cannot find the target samples in a batch of type {type(batch).__name__}: the evaluation "
+                        "callbacks read Pair.x1, a tensor, or the first element of a tuple")
     return batch
 
 
@@ -147,19 +150,37 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
 
 
-def check_real_size(trainer: pl.Trainer, real: str | Dataset, n_real: int | None, owner: str) -> None:
-    """At setup, ``ValueError`` if ``n_real`` exceeds the real set, where its size is known before the
-    loaders exist (a ``Dataset``, or a datamodule's ``train_dataset`` / ``val_target``), instead of at
-    the first validation, possibly hours in."""
-    if n_real is None:
-        return
+def check_real_set(trainer: pl.Trainer, real: str | Dataset, n_real: int | None, shape: tuple[int, ...], owner: str) -> None:
+    """At setup, where the real set is known before the loaders exist (a ``Dataset``, or a
+    datamodule's ``train_dataset`` / ``val_target``): ``ValueError`` if ``n_real`` exceeds it or its
+    items are not samples of ``shape`` (:func:`check_real_item`), instead of at the first
+    validation, possibly hours in."""
     datamodule = getattr(trainer, "datamodule", None)
     dataset = real if isinstance(real, Dataset) else getattr(
         datamodule, {"train": "train_dataset", "val": "val_target"}.get(real, ""), None)
-    if dataset is not None and n_real > len(dataset):
-        where = "" if isinstance(real, Dataset) else f" ({real!r} set of the datamodule)"
+    if dataset is None:
+        return
+    where = "" if isinstance(real, Dataset) else f" ({real!r} set of the datamodule)"
+    if n_real is not None and n_real > len(dataset):
         raise ValueError(f"{owner} compares against n_real={n_real} real samples but the real set{where} has only "
                          f"{len(dataset)}: lower n_real (it defaults to n_samples) or give a larger set")
+    check_real_item(dataset, shape, f"{owner}: the real set{where}")
+
+
+def check_real_item(dataset: Dataset, shape: tuple[int, ...], what: str) -> None:
+    """``ValueError`` naming ``what`` unless the first item of ``dataset`` is a tensor, or a tuple
+    starting with one, of the module's ``shape``."""
+    if len(dataset) == 0:
+        raise ValueError(f"{what} is empty")
+    item = dataset[0]
+    try:
+        x = batch_target(item)
+    except TypeError:
+        raise ValueError(f"{what} yields {type(item).__name__} items; give real=<Dataset> whose items are tensors or "
+                         "(tensor, label) tuples") from None
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{what} holds samples of shape {tuple(x.shape)} but the module's data_shape is {tuple(shape)}; "
+                         "give real= samples of the data's shape")
 
 
 def real_indices(n_items: int, n_real: int, seed: int) -> Tensor:
@@ -211,6 +232,7 @@ class EvalCallback(pl.Callback):
         self._runs = 0
         self._last_step: int | None = None
         self._results: dict[str, Tensor] = {}
+        self._warned_monitor = False
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
         """Evaluate ``pl_module`` (called on every rank); return ``{log name: scalar}``, equal on all ranks."""
@@ -242,6 +264,17 @@ class EvalCallback(pl.Callback):
             return
         with torch.no_grad():
             self._results = self.evaluate(trainer, pl_module, batch)
+        if self.every_n_epochs is not None or self.every_n_steps is not None:
+            watched = sorted({getattr(c, "monitor", None) for c in trainer.callbacks} & self._results.keys())
+            if watched and not self._warned_monitor:
+                self._warned_monitor = True
+                rank_zero_warn(
+                    f"{type(self).__name__} evaluates only every {self.every_n_epochs or self.every_n_steps} "
+                    f"{'validation runs' if self.every_n_epochs else 'steps'}, but a callback monitors {', '.join(watched)}: "
+                    "between evaluations it keeps the last value, so checkpoints (or early stopping) would be ranked by "
+                    "an older model's score; evaluate at every validation (drop every_n_*, set val_check_interval) "
+                    "or monitor another metric"
+                )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         results, self._results = self._results, {}

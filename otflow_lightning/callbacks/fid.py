@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
 from .common import (
-    EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard,
+    EvalCallback, check_protocol, check_real_item, check_real_set, eval_steps, generate, real_batches, real_indices,
+    resolve_dataset, shard,
 )
 
 __all__ = ["FIDCallback", "default_cache_dir"]
@@ -106,7 +107,7 @@ class FIDCallback(EvalCallback):
         if len(shape) != 3:
             raise ValueError(f"FIDCallback needs image data (c, h, w); {type(pl_module).__name__}.data_shape is {shape}")
         eval_steps(pl_module, self.steps)
-        check_real_size(trainer, self.real, self.n_real, f"FIDCallback(name={self.name!r})")
+        check_real_set(trainer, self.real, self.n_real, shape, f"FIDCallback(name={self.name!r})")
         if self.fid is None:  # kept in the callback: not in checkpoints, not copied by EMA
             self.fid = build_fid(self.feature, self.weights_path, self.antialias, input_shape=shape)
             self._real_ready = False
@@ -144,6 +145,8 @@ class FIDCallback(EvalCallback):
 
     def _load_real(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dataset = resolve_dataset(trainer, self.real)
+        if isinstance(self.real, str):  # a Dataset was checked at setup
+            check_real_item(dataset, tuple(pl_module.data_shape), f"FIDCallback(real={self.real!r})")
         split = self.real if isinstance(self.real, str) else "custom"
         n_real = len(dataset) if self.n_real is None else self.n_real
         indices = real_indices(len(dataset), n_real, self.seed)

@@ -121,7 +121,10 @@ class SamplingCallback(EvalCallback):
         x0 = next(source_noise(pl_module, 0, n, self.seed, chunk=n))
         self.last_samples = {s: sample(pl_module, x0, s, 0) for s in eval_steps(pl_module, self.steps)}
         labelled = {f"{s} step{'s' if s > 1 else ''}": x for s, x in self.last_samples.items()}
-        reference = batch_target(batch) if len(shape) == 1 else None
+        try:  # the validation batch, drawn behind the samples; a batch of another form is left out
+            reference = batch_target(batch) if len(shape) == 1 else None
+        except TypeError:
+            reference = None
         image = render_samples(labelled, reference=reference, title=f"step {trainer.global_step}")
         folder = os.path.join(log_dir or trainer.default_root_dir, "samples")
         os.makedirs(folder, exist_ok=True)

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
 from .common import (
-    EvalCallback, check_protocol, check_real_size, eval_steps, generate, real_batches, real_indices, resolve_dataset, shard,
+    EvalCallback, check_protocol, check_real_item, check_real_set, eval_steps, generate, real_batches, real_indices,
+    resolve_dataset, shard,
 )
 
 __all__ = ["WassersteinCallback"]
@@ -75,7 +76,7 @@ class WassersteinCallback(EvalCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _, shape = check_protocol(pl_module)
         eval_steps(pl_module, self.steps)
-        check_real_size(trainer, self.real, self.n_real, f"WassersteinCallback({self.name or self.method})")
+        check_real_set(trainer, self.real, self.n_real, shape, f"WassersteinCallback({self.name or self.method})")
         self._real_shard = None
         exact = len(shape) == 1 and max(self.n_samples, self.n_real) <= 5000
         self._exact = self.method == "exact" or (self.method == "auto" and exact)
@@ -87,6 +88,8 @@ class WassersteinCallback(EvalCallback):
         rank, world = trainer.global_rank, trainer.world_size
         if self._real_shard is None:  # the real data do not change: read this rank's share once
             dataset = resolve_dataset(trainer, self.real)
+            if isinstance(self.real, str):  # a Dataset was checked at setup
+                check_real_item(dataset, tuple(pl_module.data_shape), f"WassersteinCallback(real={self.real!r})")
             start, stop = shard(self.n_real, rank, world)
             indices = real_indices(len(dataset), self.n_real, self.seed)[start:stop]
             self._real_shard = [x.float().cpu() for x in real_batches(dataset, indices, self.batch_size, "cpu")]
