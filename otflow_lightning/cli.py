@@ -53,7 +53,8 @@ class OTFlowCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's, plus: a checkpoint saved outside the CLI (a module built in Python) has no
         ``_class_path`` among its hyperparameters, so they are read as the init args of the
-        config's model class (LightningCLI fails on them); and the warning on replaced settings."""
+        config's model class (LightningCLI fails on them); and the warning on replaced settings. The
+        rest follows LightningCLI's method (Lightning 2.6) step for step."""
         sub = self.config.get("subcommand")
         model = self.config[sub].get("model") if sub else None
         before = _flat(model.as_dict()) if hasattr(model, "as_dict") else None

@@ -164,6 +164,12 @@ def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkey
         dm.setup("fit")
         return dm._train.points, dm.state_dict()["online"]["bank"]
 
+    def module_under(run_seed):
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(run_seed))
+        dm = OTPairDataModule(coupling="online", toy_size=500, seed=None)
+        dm.setup("fit")
+        return dm
+
     pinned = OTPairDataModule(coupling="online", toy_size=500, seed=0)
     pinned.setup("fit")
     x1, bank1 = data(1)
@@ -171,6 +177,11 @@ def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkey
     for x, bank in (data(None), data(0)):
         assert torch.equal(x, pinned._train.points) and torch.equal(bank, pinned.state_dict()["online"]["bank"])
     assert not torch.equal(x1, x2) and not torch.equal(bank1, bank2)
+    # a resume under another run seed would pair the saved bank with other toy points: refused
+    saved = module_under(1).state_dict()
+    module_under(1).load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"drawn with the run seed 1, this run's is 2: resume with the same seed"):
+        module_under(2).load_state_dict(saved)
 
 
 def test_a_loader_override_without_indices_is_a_clear_error():

@@ -255,3 +255,18 @@ def test_net_mistakes_are_named(tmp_path):
         warnings.simplefilter("error", UserWarning)
         reloaded = OTMeanFlow.load_from_checkpoint(ckpt, net=TimeMLP(dim=2, num_times=2, hidden=32))
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))
+    # a net with lazy (uninitialised) parameters reloads as before: nothing to compare, no error
+    lazy = OTMeanFlow(net=LazyNet())
+    lazy.net(torch.randn(4, 2), torch.rand(4), torch.rand(4))  # materialised
+    trainer.strategy.connect(lazy)
+    trainer.save_checkpoint(ckpt := os.path.join(tmp_path, "lazy.ckpt"))
+    assert torch.equal(OTMeanFlow.load_from_checkpoint(ckpt, net=LazyNet()).net.layer.weight, lazy.net.layer.weight)
+
+
+class LazyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.LazyLinear(2)
+
+    def forward(self, z, t, h):
+        return self.layer(torch.cat([z, t[:, None], h[:, None]], 1))

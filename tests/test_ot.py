@@ -245,24 +245,24 @@ def test_unconverged_solve_raises_or_is_counted(caplog):
 
 def test_auction_breaks_ties_between_duplicated_points():
     """Repeated targets tie columns exactly; every tied bidder took the first of them and one column
-    was won per round. Here one repeated target took about 1600 rounds (27 with the tie-break) and 4
-    repeated targets about 10000 (2451); n=4096 with 8 targets in d=32 ran out of its 20000 rounds."""
-    from otflow_lightning.ot.solvers import has_duplicate_rows
+    was won per round. Here 512 copies of one target took about 1600 rounds (27 with the tie-break)
+    and 4 targets of 128 copies about 10000 (2451); n=4096 with 8 targets in d=32 ran out of its
+    20000 rounds. Rows repeated fewer than TIE_BREAK_COPIES times do not turn the tie-break on."""
+    from otflow_lightning.ot.solvers import has_repeated_rows
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(512, 32, generator=g)
-    assert not has_duplicate_rows(x0)
+    assert not has_repeated_rows(x0) and not has_repeated_rows(torch.cat([x0[:7], x0[:7]]), copies=3)
+    assert has_repeated_rows(torch.cat([x0[:3]] * 3 + [x0]), copies=3)
     for distinct, most_rounds in ((1, 100), (4, 4000)):
         x1 = torch.randn(distinct, 32, generator=g)[torch.arange(512) % distinct]
-        assert has_duplicate_rows(x1)
+        assert has_repeated_rows(x1)
         coupling = OTCoupler("auction").couple(x0, x1)
         optimum = pair_cost(x0, x1[OTCoupler("lsa", cost_dtype="float64").match(x0, x1)]).sum()
         independent = pair_cost(x0, x1).sum()
         gap = float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum)) if distinct > 1 else 1.0
         assert coupling.converged and is_permutation(coupling.perm, 512) and gap > 0.98, gap
         assert coupling.iterations <= most_rounds, coupling.iterations
-        cost = squared_euclidean(x0, x1)  # from the cost alone: its duplicated columns
-        assert solve_auction(cost).iterations == coupling.iterations
 
 
 def test_repair_permutation_completes_a_partial_assignment():
@@ -485,6 +485,11 @@ def test_statistics_of_degenerate_and_budgeted_solves():
     """All points equal: cost_ratio 1 (no gain), not 0 (a perfect coupling); Sinkhorn reports the
     iterations it ran (POT's niter is 0-based)."""
     assert OTCoupler("exact").couple(torch.ones(8, 3), torch.ones(8, 3)).cost_ratio == 1.0
+    x = torch.randn(16, 2)  # x0 == x1 pair by pair: independent pairing is optimal, anything else infinitely worse
+    assert OTCoupler("exact").couple(x, x.clone()).cost_ratio == 1.0
+    from otflow_lightning.ot import Coupling
+
+    assert Coupling(torch.arange(16), cost=0.2, independent_cost=0.0, ms=0.0).cost_ratio == float("inf")
     x0, x1 = clouds(32, 2, shift=1.0)
     for budget in (1, 5):
         coupling = OTCoupler("sinkhorn", max_iter=budget, tol=1e-30, on_failure="warn").couple(x0, x1)

@@ -233,6 +233,7 @@ class EvalCallback(pl.Callback):
         self._last_step: int | None = None
         self._results: dict[str, Tensor] = {}
         self._warned_monitor = False
+        self._logged: set[str] = set()  # the keys of the last evaluation
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
         """Evaluate ``pl_module`` (called on every rank); return ``{log name: scalar}``, equal on all ranks."""
@@ -260,21 +261,27 @@ class EvalCallback(pl.Callback):
         return True
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0 or not self._due(trainer):
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
+            return
+        if not self._due(trainer):
+            self._warn_if_monitored(trainer)
             return
         with torch.no_grad():
             self._results = self.evaluate(trainer, pl_module, batch)
-        if self.every_n_epochs is not None or self.every_n_steps is not None:
-            watched = sorted({getattr(c, "monitor", None) for c in trainer.callbacks} & self._results.keys())
-            if watched and not self._warned_monitor:
-                self._warned_monitor = True
-                rank_zero_warn(
-                    f"{type(self).__name__} evaluates only every {self.every_n_epochs or self.every_n_steps} "
-                    f"{'validation runs' if self.every_n_epochs else 'steps'}, but a callback monitors {', '.join(watched)}: "
-                    "between evaluations it keeps the last value, so checkpoints (or early stopping) would be ranked by "
-                    "an older model's score; evaluate at every validation (drop every_n_*, set val_check_interval) "
-                    "or monitor another metric"
-                )
+        self._logged = set(self._results)
+
+    def _warn_if_monitored(self, trainer: pl.Trainer) -> None:
+        """Once: a validation run without evaluation keeps the last logged value, which a monitoring
+        callback would take for this run's model's score."""
+        watched = sorted({getattr(c, "monitor", None) for c in trainer.callbacks} & self._logged)
+        if watched and not self._warned_monitor:
+            self._warned_monitor = True
+            rank_zero_warn(
+                f"{type(self).__name__} skipped this validation (every_n_epochs={self.every_n_epochs}, every_n_steps="
+                f"{self.every_n_steps}), but a callback monitors {', '.join(watched)}: Lightning keeps its last value, so "
+                "checkpoints (or early stopping) are ranked by an older model's score; evaluate at every validation "
+                "(drop every_n_*, or match val_check_interval) or monitor another metric"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         results, self._results = self._results, {}

@@ -115,7 +115,8 @@ class OTPairDataModule(pl.LightningDataModule):
             label marginal independently of the noise, and pairs are matched within labels (or
             with the coupler's ``label_weight``), so ``Pair.labels`` label both ``x0`` and ``x1``
             (with a float ``label_weight``, pairs that cross classes take the target's label:
-            ``coupling/label_crossings`` logs their share, and more than 1% is warned about once).
+            ``coupling/label_crossings`` logs their share on this rank, and more than 1% is warned
+            about once).
             With ``online`` the bank's noise moves only between data of one class.
         global_coupling: under DDP, all-gather every rank's batch and solve one match of the world
             batch on rank 0 (broadcast to all); each rank keeps the pairs of its own noise (with
@@ -200,6 +201,7 @@ class OTPairDataModule(pl.LightningDataModule):
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.conditional, self.global_coupling = conditional, global_coupling
         self._warned_crossings = False
+        self._data_seed: int | None = None  # the seed setup drew the toy sets and the bank from
         self.root, self.download, self.dataset_options, self.source_data = root, download, dict(dataset_options or {}), source_data
         self._train: Dataset | None = None
         self._source_train: Dataset | None = None
@@ -226,6 +228,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if self._train is not None:
             return
         base = _run_seed() if self.seed is None else self.seed
+        if (isinstance(self.target, str) and self.target in TOYS) or self.online is not None:
+            self._data_seed = base  # the toy sets and the first noise bank are drawn from it
         if isinstance(self.target, str) and self.target in TOYS:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
             if self.val_target is None and self.val_size > 0:
@@ -430,8 +434,9 @@ class OTPairDataModule(pl.LightningDataModule):
                 rank_zero_warn(
                     f"conditional=True with label_weight={self.coupler.label_weight}: {crossed:.1%} of this batch's pairs "
                     "cross classes, and their noise takes the data's label, which skews each class's noise towards its "
-                    "data (logged as coupling/label_crossings); raise label_weight above the distances between classes, "
-                    "or use label_weight=None (exact matching within classes)"
+                    "data (logged as coupling/label_crossings, this rank's pairs); raise label_weight well above the "
+                    "squared distances between classes (the cost's scale), or use label_weight=None (exact matching "
+                    "within classes)"
                 )
         return Pair(x0, x1, labels, index, stats)
 
@@ -445,9 +450,18 @@ class OTPairDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.online is None else {"online": self.online.state_dict()}
+        state = {} if self.online is None else {"online": self.online.state_dict()}
+        if self._data_seed is not None:
+            state["data_seed"] = self._data_seed
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("data_seed")
+        if saved is not None and self._data_seed is not None and saved != self._data_seed:
+            raise ValueError(
+                f"the checkpoint's toy data and noise bank were drawn with the run seed {saved}, this run's is "
+                f"{self._data_seed}: resume with the same seed (--seed_everything {saved}, or data.seed={saved})"
+            )
         if self.online is not None and "online" in state_dict:
             bank = state_dict["online"].get("bank")
             if bank is not None and self._train is not None and bank.shape[0] != len(self._train):

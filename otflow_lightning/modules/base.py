@@ -373,13 +373,17 @@ class OneStepModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Warn when the checkpoint's net differs from this module's and the checkpoint cannot rebuild
         it (a net built in Python is not among its hyperparameters): the usual cause is
-        ``load_from_checkpoint(path)`` without ``net=``, and the state-dict error that follows does not say so."""
+        ``load_from_checkpoint(path)`` without ``net=``, and the state-dict error that follows does not say so.
+        Nets with uninitialised (lazy) parameters are not compared."""
+        ours = self.state_dict()
+        if any(nn.parameter.is_lazy(v) for v in ours.values()) or "net" in checkpoint.get("hyper_parameters", {}):
+            return
         saved = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
-        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if k.startswith("net.")}
-        if saved and saved != ours and "net" not in checkpoint.get("hyper_parameters", {}):
+        if saved and saved != {k: tuple(v.shape) for k, v in ours.items() if k.startswith("net.")}:
             rank_zero_warn(
                 f"this checkpoint's net was built in Python and is not the {type(self.net).__name__} this module was "
-                f"built with; pass it again: {type(self).__name__}.load_from_checkpoint(path, net=<the same network>)"
+                f"built with; build the module with the same net: {type(self).__name__}.load_from_checkpoint(path, "
+                "net=<the same network>), the same net= when resuming in Python, or the config's model.net under otflow"
             )
 
     def configure_optimizers(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ class Coupling:
     @property
     def cost_ratio(self) -> float:
         """OT cost over independent cost (1 for independent pairing, lower is better)."""
-        return self.cost / self.independent_cost if self.independent_cost > 0 else 1.0  # all points equal: 1
+        if self.independent_cost > 0:
+            return self.cost / self.independent_cost
+        return 1.0 if self.cost == 0 else math.inf  # x0 == x1 pair by pair: no coupling beats the identity
 
     def stats(self) -> dict[str, float]:
         """Scalars to log, under ``coupling/``."""

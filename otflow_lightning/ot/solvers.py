@@ -277,14 +277,23 @@ class _Auction:
             self.round(k)
 
 
-def has_duplicate_rows(x: Tensor) -> bool:
-    """Whether two rows of ``x`` ``(n, ...)`` are equal, from two random projections of the rows (one
-    host sync; distinct rows collide in both with negligible probability, which only costs a
-    slower auction)."""
+#: the auction breaks ties at random where some point (a row or column of the cost) repeats this
+#: many times; below it, tied bidders cost no more rounds (docs/coupling.md, "Duplicated points")
+TIE_BREAK_COPIES = 8
+
+
+def has_repeated_rows(x: Tensor, copies: int = TIE_BREAK_COPIES) -> Tensor:
+    """Whether some row of ``x`` ``(n, ...)`` occurs at least ``copies`` times, as a 0-dim bool tensor
+    on ``x``'s device (no host sync): ``copies`` equal values among the sorted random projections
+    of the rows (distinct rows collide in one float projection too rarely to matter for
+    ``copies >= 3``; a false alarm only costs a slower auction)."""
     flat = x.detach().reshape(x.shape[0], -1)
     flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    r = torch.randn(flat.shape[1], 2, generator=torch.Generator().manual_seed(0), dtype=flat.dtype).to(flat.device)
-    return torch.unique(flat @ r, dim=0).shape[0] < flat.shape[0]
+    if flat.shape[0] < copies:
+        return torch.zeros((), dtype=torch.bool, device=x.device)
+    r = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=flat.dtype).to(flat.device)
+    h = (flat @ r).sort().values
+    return (h[copies - 1 :] == h[: h.shape[0] - copies + 1]).any()
 
 
 def _cuda_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -403,9 +412,11 @@ def solve_auction(
     per round, so those rows are matched to the free columns exactly (:func:`complete_exactly`).
     If the round budget runs out first, the remaining rows are paired by
     :func:`repair_permutation` and the solution is marked unconverged.
-    Equal rows among the points (repeated targets or sources, :func:`has_duplicate_rows`) tie
-    columns exactly; the bidders then choose among near-best columns with a seeded random jitter
-    of ``eps / 100`` (the bid keeps the true values), which runs eagerly even with ``cuda_graph``.
+    Where a row or column of the cost repeats :data:`TIE_BREAK_COPIES` times or more (repeated
+    sources or targets, :func:`has_repeated_rows`), the bidders choose among near-best columns with
+    a seeded random jitter of ``eps / 100``. The bid keeps the true values: it raises the price by
+    at least ``0.99 eps`` and leaves the winner ``eps`` short of its best other column, so each
+    phase still ends ``eps``-complementary-slack. These solves run eagerly, even with ``cuda_graph``.
 
     Args:
         cost: ``(n, n)`` cost matrix (float32 is enough; differences, not absolute values, matter).
@@ -431,9 +442,9 @@ def solve_auction(
         return Solution(torch.arange(n, device=cost.device), iterations=0)
     tail = int(tail * n)
     phases = max(1, math.ceil(math.log(eps_start / eps_final) / math.log(eps_factor)) + 1)
-    # duplicated points tie columns (or rows) exactly: without a tie-break every tied bidder bids for
-    # the same column and the auction wins one per round, eps by eps, until its budget runs out
-    ties = any(has_duplicate_rows(x) for x in ((cost, cost.T) if x0 is None or x1 is None else (x0, x1)))
+    # repeated points tie columns (or rows) of the cost exactly: without a tie-break every tied bidder
+    # bids for the same column and one wins per round, eps by eps, until the budget runs out
+    ties = bool(has_repeated_rows(cost) | has_repeated_rows(cost.T))  # one host sync
     if cuda_graph and cost.is_cuda and not ties:
         auction = _graphed_auction(n, cost.dtype, cost.device, check_every)
         lock = auction.lock
