@@ -155,7 +155,7 @@ def test_fid_real_statistics_are_cached_on_disk(tmp_path):
         values.append(float(metrics["val/fid_1step"]))
         assert int(cb.fid.real_features_num_samples) == len(real)
     assert values[0] == pytest.approx(values[1], rel=1e-12)
-    assert CountingDataset.reads == 4  # the second run read only the first item (shape check) and three fingerprint items
+    assert CountingDataset.reads == 4  # the second run read the first item (shape check) and three fingerprint items
     assert len(os.listdir(tmp_path / "cache")) == 1
 
 
@@ -329,13 +329,15 @@ class DictPoints(torch.utils.data.Dataset):
 
 
 def test_real_sets_of_another_form_or_shape_are_named_and_dict_batches_still_get_a_sample_grid(tmp_path):
+    wrong_shape = WassersteinCallback(real=TensorDataset(torch.randn(200, 3)), n_samples=100)
     with pytest.raises(ValueError, match=r"real set holds samples of shape \(3,\) but the module's data_shape is \(2,\)"):
-        WassersteinCallback(real=TensorDataset(torch.randn(200, 3)), n_samples=100).setup(_trainer(tmp_path, []), PointModule(), "fit")
+        wrong_shape.setup(_trainer(tmp_path, []), PointModule(), "fit")
     with pytest.raises(ValueError, match=r"real set yields dict items; give real=<Dataset> whose items are tensors"):
         WassersteinCallback(real=DictPoints(), n_samples=8).setup(_trainer(tmp_path, []), PointModule(), "fit")
     # real="val" of a plain loader is known only at the first evaluation: the same error there
     with pytest.raises(ValueError, match=r"WassersteinCallback\(real='val'\) yields dict items"):
-        _trainer(tmp_path, [WassersteinCallback(n_samples=8)]).validate(DictPointModule(), DataLoader(DictPoints()), verbose=False)
+        trainer = _trainer(tmp_path, [WassersteinCallback(n_samples=8)])
+        trainer.validate(DictPointModule(), DataLoader(DictPoints()), verbose=False)
     # the sample grid draws its samples without the (unreadable) data behind them
     cb = SamplingCallback(n_samples=50)
     _trainer(tmp_path, [cb]).validate(DictPointModule(), DataLoader(DictPoints()), verbose=False)
@@ -347,7 +349,8 @@ def test_a_monitored_metric_of_a_callback_that_skips_validations_is_warned_about
 
     real = TensorDataset(torch.randn(100, 2))
     for every, warned in ((2, True), (1, False), (None, False)):
-        callbacks = [WassersteinCallback(real=real, n_samples=100, every_n_epochs=every), EarlyStopping(monitor="val/w2_sq")]
+        w2 = WassersteinCallback(real=real, n_samples=100, every_n_epochs=every)
+        callbacks = [w2, EarlyStopping(monitor="val/w2_sq")]
         trainer = _trainer(tmp_path, callbacks)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -248,7 +248,8 @@ def test_net_mistakes_are_named(tmp_path):
                          enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(ckpt := os.path.join(tmp_path, "python_net.ckpt"))
-    with pytest.warns(UserWarning, match=r"net was built in Python.*load_from_checkpoint\(path, net=<the same network>\)"):
+    advice = r"net was built in Python.*load_from_checkpoint\(path, net=<the same network>\)"
+    with pytest.warns(UserWarning, match=advice):
         with pytest.raises(RuntimeError, match="state_dict"):
             OTMeanFlow.load_from_checkpoint(ckpt)
     with warnings.catch_warnings():

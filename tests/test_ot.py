@@ -260,7 +260,8 @@ def test_auction_breaks_ties_between_duplicated_points():
         coupling = OTCoupler("auction").couple(x0, x1)
         optimum = pair_cost(x0, x1[OTCoupler("lsa", cost_dtype="float64").match(x0, x1)]).sum()
         independent = pair_cost(x0, x1).sum()
-        gap = float((independent - pair_cost(x0, x1[coupling.perm]).sum()) / (independent - optimum)) if distinct > 1 else 1.0
+        transport = pair_cost(x0, x1[coupling.perm]).sum()
+        gap = float((independent - transport) / (independent - optimum)) if distinct > 1 else 1.0
         assert coupling.converged and is_permutation(coupling.perm, 512) and gap > 0.98, gap
         assert coupling.iterations <= most_rounds, coupling.iterations
 
@@ -501,7 +502,8 @@ def test_multiscale_clusters_half_precision_points_in_float32(dtype):
     """float16 cluster sums of 2D points at 300 overflowed to inf ("coarse transport did not fill every cluster")."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(2048, 2, generator=g)
-    x1 = (torch.randn(8, 2, generator=g) * 5 + 300)[torch.randint(0, 8, (2048,), generator=g)] + torch.randn(2048, 2, generator=g)
+    centres = torch.randn(8, 2, generator=g) * 5 + 300
+    x1 = centres[torch.randint(0, 8, (2048,), generator=g)] + torch.randn(2048, 2, generator=g)
     x0, x1 = x0.to(dtype), x1.to(dtype)
     perm = OTCoupler("multiscale", leaf_size=256).match(x0, x1)
     cost = squared_euclidean(x0.double(), x1.double())

@@ -150,7 +150,9 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
 
 
-def check_real_set(trainer: pl.Trainer, real: str | Dataset, n_real: int | None, shape: tuple[int, ...], owner: str) -> None:
+def check_real_set(
+    trainer: pl.Trainer, real: str | Dataset, n_real: int | None, shape: tuple[int, ...], owner: str
+) -> None:
     """At setup, where the real set is known before the loaders exist (a ``Dataset``, or a
     datamodule's ``train_dataset`` / ``val_target``): ``ValueError`` if ``n_real`` exceeds it or its
     items are not samples of ``shape`` (:func:`check_real_item`), instead of at the first
@@ -179,8 +181,8 @@ def check_real_item(dataset: Dataset, shape: tuple[int, ...], what: str) -> None
         raise ValueError(f"{what} yields {type(item).__name__} items; give real=<Dataset> whose items are tensors or "
                          "(tensor, label) tuples") from None
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{what} holds samples of shape {tuple(x.shape)} but the module's data_shape is {tuple(shape)}; "
-                         "give real= samples of the data's shape")
+        raise ValueError(f"{what} holds samples of shape {tuple(x.shape)} but the module's data_shape is "
+                         f"{tuple(shape)}; give real= samples of the data's shape")
 
 
 def real_indices(n_items: int, n_real: int, seed: int) -> Tensor:
@@ -277,10 +279,10 @@ class EvalCallback(pl.Callback):
         if watched and not self._warned_monitor:
             self._warned_monitor = True
             rank_zero_warn(
-                f"{type(self).__name__} skipped this validation (every_n_epochs={self.every_n_epochs}, every_n_steps="
-                f"{self.every_n_steps}), but a callback monitors {', '.join(watched)}: Lightning keeps its last value, so "
-                "checkpoints (or early stopping) are ranked by an older model's score; evaluate at every validation "
-                "(drop every_n_*, or match val_check_interval) or monitor another metric"
+                f"{type(self).__name__} skipped this validation (every_n_epochs={self.every_n_epochs}, "
+                f"every_n_steps={self.every_n_steps}), but a callback monitors {', '.join(watched)}: Lightning keeps "
+                "its last value, so checkpoints (or early stopping) are ranked by an older model's score; evaluate at "
+                "every validation (drop every_n_*, or match val_check_interval) or monitor another metric"
             )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -314,7 +314,9 @@ class OTPairDataModule(pl.LightningDataModule):
         elif self.ot_batch_size:
             target = self._loader(self._train, True, True, ChunkedLoader, ot_batch, chunks=chunks)
         elif online_sampler:  # Lightning keeps a DistributedSampler it is given and calls its set_epoch
-            sampler = DistributedSampler(self._train, world, self.trainer.global_rank, shuffle=True, seed=_run_seed(), drop_last=True)
+            sampler = DistributedSampler(
+                self._train, world, self.trainer.global_rank, shuffle=True, seed=_run_seed(), drop_last=True
+            )
             target = self._loader(self._train, shuffle=False, drop_last=True, sampler=sampler)
         else:
             target = self._loader(self._train, shuffle=True, drop_last=True)
@@ -432,11 +434,11 @@ class OTPairDataModule(pl.LightningDataModule):
             if crossed > 0.01 and not self._warned_crossings:
                 self._warned_crossings = True
                 rank_zero_warn(
-                    f"conditional=True with label_weight={self.coupler.label_weight}: {crossed:.1%} of this batch's pairs "
-                    "cross classes, and their noise takes the data's label, which skews each class's noise towards its "
-                    "data (logged as coupling/label_crossings, this rank's pairs); raise label_weight well above the "
-                    "squared distances between classes (the cost's scale), or use label_weight=None (exact matching "
-                    "within classes)"
+                    f"conditional=True with label_weight={self.coupler.label_weight}: {crossed:.1%} of this batch's "
+                    "pairs cross classes, and their noise takes the data's label, which skews each class's noise "
+                    "towards its data (logged as coupling/label_crossings, this rank's pairs); raise label_weight "
+                    "well above the squared distances between classes (the cost's scale), or use label_weight=None "
+                    "(exact matching within classes)"
                 )
         return Pair(x0, x1, labels, index, stats)
 

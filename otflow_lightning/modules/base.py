@@ -53,8 +53,8 @@ def hparams_ignore() -> list[str]:
 def check_net_output(out: Tensor, x: Tensor) -> None:
     """``ValueError`` unless the net's output ``out`` has the shape of its input ``x``: ``(n, *data_shape)``."""
     if out.shape != x.shape:
-        raise ValueError(f"the net returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; its output "
-                         "must have the input's shape (n, *data_shape)")
+        raise ValueError(f"the net returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; its "
+                         "output must have the input's shape (n, *data_shape)")
 
 
 def check_vector_data(data_shape: Sequence[int], net_hint: str) -> None:

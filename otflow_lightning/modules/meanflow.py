@@ -121,7 +121,8 @@ class OTMeanFlow(OneStepModule):
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
-        norm = next((m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats), None)
+        norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
+        norm = next(norms, None)
         if norm is not None:
             raise ValueError(
                 f"the net holds a {type(norm).__name__}, whose running-statistics update in training breaks the JVP "
