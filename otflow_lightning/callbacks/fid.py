@@ -30,7 +30,7 @@ def default_cache_dir() -> str:
 class FIDCallback(EvalCallback):
     """Log ``val/{name}_{k}step`` (``val/fid_1step``, ...): torchmetrics' FID between ``n_samples`` generated images and the real set.
 
-    **Protocol** (stated in the log at setup, configurable):
+    **Protocol** (stated in the log at the first evaluation, configurable):
 
     - features: torch-fidelity's Inception-v3 (``inception-v3-compat``, pool3, 2048-d), images
       resized with the TF1-compatible bilinear resize (``antialias=False``), as TTUR / torch-fidelity /

@@ -241,8 +241,9 @@ class OTPairDataModule(pl.LightningDataModule):
                 rank_zero_warn(
                     f"target {self.target!r} has no test split, so there is no validation: sample grids, W2/FID callbacks and "
                     "a checkpoint monitor on val/ metrics never run, and with step-based validation (check_val_every_n_epoch: "
-                    "null, as in the configs) ModelCheckpoint saves no checkpoint at all, not even last.ckpt; pass val_target "
-                    "(a Dataset, e.g. an ImageFolderDataset of held-out images) or add ModelCheckpoint(every_n_train_steps=...)"
+                    "null, as in the configs) a ModelCheckpoint without every_n_train_steps saves nothing during "
+                    "training (only last.ckpt when fit ends); pass val_target (a Dataset, e.g. an ImageFolderDataset "
+                    "of held-out images) or add ModelCheckpoint(every_n_train_steps=...)"
                 )
         else:
             self._train = self.target

@@ -83,8 +83,8 @@ class OTMeanFlow(OneStepModule):
             speeds up training, since the JVP itself always runs in fp32).
         guidance_kappa: MeanFlow's ``kappa``, the share of the net's own conditional velocity in the
             guided target (0: plain ``v_g = u_null + omega (v - u_null)``).
-        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, num_classes, label_dropout,
-            guidance_scale, ...).
+        source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes,
+            label_dropout, guidance_scale: as in :class:`OneStepModule`.
     """
 
     def __init__(

@@ -67,8 +67,8 @@ class OTNeuralFlowMatching(OneStepModule):
         time_mean, time_std: logit-normal parameters.
         endpoint_weight: weight ``w_1`` of the extra ``t = 1`` term (0 turns it off); it costs a
             second forward pass on the batch.
-        **kwargs: see :class:`OneStepModule` (source, data_shape, lr, num_classes, label_dropout,
-            guidance_scale, ...).
+        source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes,
+            label_dropout, guidance_scale: as in :class:`OneStepModule`.
     """
 
     supported_steps = (1,)

@@ -71,6 +71,9 @@ def coarse_transport(a: Tensor, b: Tensor, k: int, iterations: int = 10, seed: i
 
     Args:
         a, b: ``(n, d)`` flattened source and target batches.
+        k: number of target clusters.
+        iterations: Lloyd steps of the k-means.
+        seed: seed of the k-means++ start.
 
     Returns:
         ``(labels, assign)``: ``(n,)`` cluster of each target, and ``(n,)`` cluster each source is

@@ -428,6 +428,7 @@ def solve_auction(
         phase_tail: fraction of rows still unassigned at which an earlier phase stops.
         warm_start: Sinkhorn steps (at ``warm_epsilon`` times the cost's standard deviation) whose
             dual potential seeds the prices (:math:`p_j = -g_j`); 0 starts from zero prices.
+        warm_epsilon: the warm start's Sinkhorn epsilon, in units of the cost's standard deviation.
         cuda_graph: on a CUDA cost, replay each block of ``check_every`` rounds as a CUDA graph (one
             per power-of-two bidder count, captured on first use and kept for later solves of the
             same ``n``, dtype and device), so a block costs one launch from the host instead of
