@@ -127,9 +127,11 @@ def batch_target(batch) -> Tensor:
     return batch
 
 
-def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
-    """The real data set: ``real`` itself, or the dataset of the trainer's ``"train"`` / ``"val"`` loader
-    (for ``"train"`` outside ``fit``: the datamodule's ``train_dataset``)."""
+def resolve_dataset(trainer: pl.Trainer, real: str | Dataset, shape: tuple[int, ...], owner: str) -> Dataset:
+    """The real data set: ``real`` itself (checked at setup by :func:`check_real_set`), or the dataset
+    of the trainer's ``"train"`` / ``"val"`` loader (for ``"train"`` outside ``fit``: the
+    datamodule's ``train_dataset``), whose first item is checked against ``shape``
+    (:func:`check_real_item`, naming ``owner``)."""
     if isinstance(real, Dataset):
         return real
     if real not in ("train", "val"):
@@ -147,7 +149,9 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset) -> Dataset:
             f"real={real!r} but the trainer has no {real} dataloader with a dataset (Trainer.validate and test load no "
             "training data unless the datamodule has a train_dataset); pass real=<Dataset>"
         )
-    return dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
+    dataset = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
+    check_real_item(dataset, shape, f"{owner}(real={real!r})")
+    return dataset
 
 
 def check_real_set(

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
 from .common import (
-    EvalCallback, check_protocol, check_real_item, check_real_set, eval_steps, generate, real_batches, real_indices,
+    EvalCallback, check_protocol, check_real_set, eval_steps, generate, real_batches, real_indices,
     resolve_dataset, shard,
 )
 
@@ -144,9 +144,7 @@ class FIDCallback(EvalCallback):
         return f"{name}-{split}-n{n_real}-{extractor}-{h.hexdigest()[:12]}"
 
     def _load_real(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = resolve_dataset(trainer, self.real)
-        if isinstance(self.real, str):  # a Dataset was checked at setup
-            check_real_item(dataset, tuple(pl_module.data_shape), f"FIDCallback(real={self.real!r})")
+        dataset = resolve_dataset(trainer, self.real, tuple(pl_module.data_shape), "FIDCallback")
         split = self.real if isinstance(self.real, str) else "custom"
         n_real = len(dataset) if self.n_real is None else self.n_real
         indices = real_indices(len(dataset), n_real, self.seed)

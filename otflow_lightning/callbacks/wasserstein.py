@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
 from .common import (
-    EvalCallback, check_protocol, check_real_item, check_real_set, eval_steps, generate, real_batches, real_indices,
+    EvalCallback, check_protocol, check_real_set, eval_steps, generate, real_batches, real_indices,
     resolve_dataset, shard,
 )
 
@@ -87,9 +87,7 @@ class WassersteinCallback(EvalCallback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
         rank, world = trainer.global_rank, trainer.world_size
         if self._real_shard is None:  # the real data do not change: read this rank's share once
-            dataset = resolve_dataset(trainer, self.real)
-            if isinstance(self.real, str):  # a Dataset was checked at setup
-                check_real_item(dataset, tuple(pl_module.data_shape), f"WassersteinCallback(real={self.real!r})")
+            dataset = resolve_dataset(trainer, self.real, tuple(pl_module.data_shape), "WassersteinCallback")
             start, stop = shard(self.n_real, rank, world)
             indices = real_indices(len(dataset), self.n_real, self.seed)[start:stop]
             self._real_shard = [x.float().cpu() for x in real_batches(dataset, indices, self.batch_size, "cpu")]
