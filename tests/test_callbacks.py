@@ -316,6 +316,14 @@ def test_a_real_set_smaller_than_n_real_is_an_error_at_setup_not_at_the_first_va
         FIDCallback(real_images(), n_real=60, feature=PixelFeatures()).setup(_trainer(tmp_path, []), ImageModule(), "fit")
 
 
+@pytest.mark.parametrize("callback", [WassersteinCallback, FIDCallback])
+def test_an_unknown_real_set_or_too_few_samples_is_an_error_when_the_callback_is_built(callback):
+    with pytest.raises(ValueError, match=rf"{callback.__name__}: real='tset'; give 'train', 'val' or a Dataset"):
+        callback(real="tset")
+    with pytest.raises(ValueError, match=rf"{callback.__name__}: n_samples and n_real must be >= 2, got 1"):
+        callback(n_samples=1)
+
+
 class DictPointModule(PointModule):
     """A module from outside the library whose validation batches are dicts."""
 

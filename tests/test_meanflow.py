@@ -96,6 +96,18 @@ def test_time_sampler_translation():
     assert torch.logit(t[e == t]).mean() < 0.4 - 0.4  # e = t samples keep the earlier time (MeanFlow's r = t)
 
 
+def test_flow_matching_warmup_draws_only_e_equal_t_until_its_last_step():
+    class AtStep(OTMeanFlow):
+        global_step = 0  # a plain attribute in place of the trainer's count
+
+    m = AtStep(interval_fraction=0.5, fm_warmup_steps=10)
+    m.time_generator = lambda: torch.Generator().manual_seed(0)
+    for step, share in ((0, 0.0), (9, 0.0), (10, 0.5)):
+        m.global_step = step
+        t, e = m.sample_times(4000)
+        assert abs((e != t).float().mean().item() - share) < 0.03, step
+
+
 def test_adaptive_weight():
     m = OTMeanFlow(adaptive_p=1.0, adaptive_c=1e-3)
     err = torch.tensor([0.0, 1.0, 9.0])

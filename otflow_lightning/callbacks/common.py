@@ -30,6 +30,7 @@ __all__ = [
     "EvalCallback",
     "batch_target",
     "check_protocol",
+    "check_real_args",
     "check_real_item",
     "check_real_set",
     "eval_labels",
@@ -134,8 +135,6 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset, shape: tuple[int, 
     (:func:`check_real_item`, naming ``owner``)."""
     if isinstance(real, Dataset):
         return real
-    if real not in ("train", "val"):
-        raise ValueError(f"real={real!r}: give 'train', 'val' or a Dataset of images / points")
     loaders = trainer.train_dataloader if real == "train" else trainer.val_dataloaders
     if isinstance(loaders, (list, tuple)):
         loaders = loaders[0] if loaders else None
@@ -152,6 +151,15 @@ def resolve_dataset(trainer: pl.Trainer, real: str | Dataset, shape: tuple[int, 
     dataset = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
     check_real_item(dataset, shape, f"{owner}(real={real!r})")
     return dataset
+
+
+def check_real_args(real: str | Dataset, n_samples: int, n_real: int | None, owner: str) -> None:
+    """At construction: ``ValueError`` unless ``real`` is ``"train"``, ``"val"`` or a ``Dataset``
+    and both sample counts are >= 2 (a covariance, a transport plan)."""
+    if not isinstance(real, Dataset) and real not in ("train", "val"):
+        raise ValueError(f"{owner}: real={real!r}; give 'train', 'val' or a Dataset of images / points")
+    if n_samples < 2 or (n_real is not None and n_real < 2):
+        raise ValueError(f"{owner}: n_samples and n_real must be >= 2, got {n_samples}, {n_real}")
 
 
 def check_real_set(

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..metrics.fid import build_fid, extractor_fingerprint, images_to_uint8, real_stats, set_real_stats
 from .common import (
-    EvalCallback, check_protocol, check_real_set, eval_steps, generate, real_batches, real_indices,
+    EvalCallback, check_protocol, check_real_args, check_real_set, eval_steps, generate, real_batches, real_indices,
     resolve_dataset, shard,
 )
 
@@ -91,8 +91,7 @@ class FIDCallback(EvalCallback):
         every_n_steps: int | None = None,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps)
-        if n_samples < 2 or (n_real is not None and n_real < 2):
-            raise ValueError(f"n_samples and n_real must be >= 2 (FID needs covariances), got {n_samples}, {n_real}")
+        check_real_args(real, n_samples, n_real, "FIDCallback")
         self.real, self.n_samples, self.n_real, self.steps = real, n_samples, n_real, steps
         self.feature, self.weights_path, self.antialias = feature, weights_path, antialias
         self.batch_size, self.dataset_name, self.seed, self.name = batch_size, dataset_name, seed, name

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from ..metrics.sliced_wasserstein import SlicedWasserstein2
 from ..metrics.wasserstein import Wasserstein2
 from .common import (
-    EvalCallback, check_protocol, check_real_set, eval_steps, generate, real_batches, real_indices,
+    EvalCallback, check_protocol, check_real_args, check_real_set, eval_steps, generate, real_batches, real_indices,
     resolve_dataset, shard,
 )
 
@@ -67,8 +67,7 @@ class WassersteinCallback(EvalCallback):
         super().__init__(every_n_epochs, every_n_steps)
         if method not in ("auto", "exact", "sliced"):
             raise ValueError(f"method={method!r}: choose 'auto', 'exact' or 'sliced'")
-        if n_samples < 2 or (n_real is not None and n_real < 2):
-            raise ValueError(f"n_samples and n_real must be >= 2, got {n_samples}, {n_real}")
+        check_real_args(real, n_samples, n_real, "WassersteinCallback")
         self.n_samples, self.n_real, self.method, self.steps, self.real = n_samples, n_real or n_samples, method, steps, real
         self.n_projections, self.batch_size, self.seed, self.name = n_projections, batch_size, seed, name
         self._real_shard: list[Tensor] | None = None

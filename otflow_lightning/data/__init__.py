@@ -4,7 +4,7 @@ from .datamodule import OTPairDataModule, Pair
 from .datasets import IndexedDataset, ToyDataset
 from .images import IMAGE_DATASETS, CIFAR10Dataset, DigitsDataset, ImageFolderDataset, MNISTDataset, ZipDataset, image_dataset
 from .sources import check_source, draw_source
-from .toys import TOYS, sample_toy, toy_names
+from .toys import TOYS, sample_toy
 
 __all__ = [
     "OTPairDataModule",
@@ -22,5 +22,4 @@ __all__ = [
     "check_source",
     "TOYS",
     "sample_toy",
-    "toy_names",
 ]

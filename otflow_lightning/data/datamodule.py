@@ -72,13 +72,15 @@ def _indexed(batch: Any) -> tuple[Tensor, Any]:
     )
 
 
-def _split_item(item: Any) -> tuple[Tensor, Tensor | None]:
-    """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``."""
+def _split_item(item: Any, name: str = "target") -> tuple[Tensor, Tensor | None]:
+    """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``; ``name``: the
+    data module argument the item comes from, for the error."""
     if isinstance(item, Tensor):
         return item, None
     if isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
         return item[0], (item[1] if len(item) > 1 and isinstance(item[1], Tensor) else None)
-    raise TypeError(f"dataset items must be a tensor or a (tensor, label) tuple, got {type(item).__name__}")
+    raise TypeError(f"{name} items must be a tensor or a (tensor, label) tuple, got {type(item).__name__}; "
+                    "wrap the dataset so that __getitem__ returns one")
 
 
 class OTPairDataModule(pl.LightningDataModule):
@@ -228,9 +230,10 @@ class OTPairDataModule(pl.LightningDataModule):
         if self._train is not None:
             return
         base = _run_seed() if self.seed is None else self.seed
-        if (isinstance(self.target, str) and self.target in TOYS) or self.online is not None:
+        toy = isinstance(self.target, str) and self.target in TOYS
+        if toy or self.online is not None:
             self._data_seed = base  # the toy sets and the first noise bank are drawn from it
-        if isinstance(self.target, str) and self.target in TOYS:
+        if toy:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
             if self.val_target is None and self.val_size > 0:
                 self.val_target = ToyDataset(self.target, self.val_size, seed=base + 1_000_003)
@@ -257,8 +260,8 @@ class OTPairDataModule(pl.LightningDataModule):
         elif self.source_data is not None:
             self._source_train = self._source_val = self.source_data
         self._check_data()
+        shape = self.data_shape
         if self._source_train is None:
-            shape = self.data_shape
             check_source(self.source, shape)
         if self.online is not None:  # __init__ rules out online + source_data
             self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
@@ -270,9 +273,10 @@ class OTPairDataModule(pl.LightningDataModule):
             raise ValueError("conditional=True needs labels, but the image folder is flat (every label 0): put the "
                              "images in one subfolder per class")
         if self.val_target is not None and len(self.val_target) and len(self._train):
-            val_shape = tuple(_split_item(self.val_target[0])[0].shape)
+            val_shape = tuple(_split_item(self.val_target[0], "val_target")[0].shape)
             if val_shape != self.data_shape:
-                raise ValueError(f"val_target items have shape {val_shape} but the training data have {self.data_shape}")
+                raise ValueError(f"val_target items have shape {val_shape} but the training data have {self.data_shape}; "
+                                 "give a val_target of the training data's shape")
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
         """Training and test split of a named image dataset (folders have no test split)."""
@@ -344,20 +348,22 @@ class OTPairDataModule(pl.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def _noise_seed(self) -> int:
+        """Base seed of the per-rank source generators."""
+        return torch.initial_seed() if self.seed is None else self.seed
+
     def generator(self, device: torch.device) -> torch.Generator:
         """Per-rank training generator on ``device``, created on first use."""
         if self._generator is None or self._generator.device != device:
             # keyed by the step too, so a resumed run draws fresh noise
             step = self.trainer.global_step if self.trainer is not None else 0
-            base = torch.initial_seed() if self.seed is None else self.seed
-            self._generator = rank_generator(device, base, self._rank(), step, "source")
+            self._generator = rank_generator(device, self._noise_seed(), self._rank(), step, "source")
         return self._generator
 
     def _val_generator(self, device: torch.device, index: Tensor) -> torch.Generator:
         # keyed by the batch's first dataset index: the same batch always gets the same noise,
         # so validation figures compare across steps
-        base = torch.initial_seed() if self.seed is None else self.seed
-        return rank_generator(device, base, self._rank(), int(index[0]), "val")
+        return rank_generator(device, self._noise_seed(), self._rank(), int(index[0]), "val")
 
     def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
         """Source batch shaped like ``x1``, drawn on its device."""
@@ -419,8 +425,12 @@ class OTPairDataModule(pl.LightningDataModule):
             )
             perm = coupling.perm
             return Pair(x0, x1[perm], None if labels is None else labels[perm], index[perm], coupling.stats())
-        x0 = self.draw_source(x1, generator) if source_item is None else _split_item(source_item)[0].to(x1.dtype)
-        check_batch(x0, x1)
+        if source_item is None:
+            x0 = self.draw_source(x1, generator)
+        else:
+            x0 = _split_item(source_item, "source_data")[0].to(x1.dtype)
+        if not training or self.global_coupling:  # local training batches: the coupler checks them
+            check_batch(x0, x1)
         if not training:
             return Pair(x0, x1, labels, index)
         c0 = c1 = None

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["TOYS", "sample_toy", "toy_names"]
+__all__ = ["TOYS", "sample_toy"]
 
 _DIAG = 1.0 / math.sqrt(2.0)
 _EIGHT_CENTRES = [(1, 0), (-1, 0), (0, 1), (0, -1), (_DIAG, _DIAG), (_DIAG, -_DIAG), (-_DIAG, _DIAG), (-_DIAG, -_DIAG)]
@@ -89,16 +89,11 @@ TOYS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def toy_names() -> list[str]:
-    """Names accepted by :func:`sample_toy`."""
-    return sorted(TOYS)
-
-
 def sample_toy(name: str, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """Draw ``n`` points of the toy distribution ``name``.
 
     Args:
-        name: one of :func:`toy_names`.
+        name: one of :data:`TOYS`.
         n: number of points.
         generator: optional ``torch.Generator`` on ``device``.
         device: where to draw.
@@ -112,7 +107,7 @@ def sample_toy(name: str, n: int, generator: torch.Generator | None = None, devi
     try:
         sampler = TOYS[name]
     except KeyError:
-        raise ValueError(f"unknown toy distribution {name!r}; choose one of {toy_names()}") from None
+        raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(TOYS)}") from None
     if device is None and generator is not None:
         device = generator.device
     return sampler(int(n), generator=generator, device=device)

@@ -8,7 +8,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from ..ot.costs import simplex_scaled
+from ..ot.costs import simplex_scaled, squared_euclidean
 
 __all__ = ["wasserstein2_squared", "Wasserstein2"]
 
@@ -26,12 +26,10 @@ def wasserstein2_squared(x: Tensor, y: Tensor) -> Tensor:
     import ot
 
     check_samples(x, y)
-    a = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy()
-    b = y.detach().reshape(y.shape[0], -1).to("cpu", torch.float64).numpy()
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    a, b = x.detach().to("cpu", torch.float64), y.detach().to("cpu", torch.float64)
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         return torch.tensor(float("nan"), dtype=torch.float64)  # POT would report 0, the best score
-    centre = np.concatenate([a, b]).mean(0)  # ot.dist expands |a|^2 + |b|^2 - 2ab: centred, it cancels less
-    cost, low, scale = simplex_scaled(ot.dist(a - centre, b - centre, metric="sqeuclidean"))
+    cost, low, scale = simplex_scaled(squared_euclidean(a, b, torch.float64))
     value = ot.emd2(np.full(len(a), 1.0 / len(a)), np.full(len(b), 1.0 / len(b)), cost, numItermax=10_000_000)
     return torch.tensor(float(value) * scale + low, dtype=torch.float64)
 

@@ -405,7 +405,3 @@ class OneStepModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def flat_dim(shape: Sequence[int]) -> int:
-    """Number of features of one sample of ``shape``."""
-    return math.prod(shape)

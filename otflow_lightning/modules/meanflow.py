@@ -37,6 +37,7 @@ net then learns the average velocity of the guided field, with effective scale
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import torch
@@ -51,7 +52,6 @@ from .base import (
     check_vector_data,
     draw_times,
     eval_mode,
-    flat_dim,
     hparams_ignore,
     in_dtype_of,
 )
@@ -120,7 +120,7 @@ class OTMeanFlow(OneStepModule):
             )
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
-            net = TimeMLP(dim=flat_dim(data_shape), num_times=2, num_classes=num_classes)
+            net = TimeMLP(dim=math.prod(data_shape), num_times=2, num_classes=num_classes)
         norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
         norm = next(norms, None)
         if norm is not None:
@@ -208,7 +208,7 @@ class OTMeanFlow(OneStepModule):
         u, target = self.meanflow_target(z, t, e, v, labels)
         sq_error = (u - target).reshape(u.shape[0], -1).square().sum(1)
         loss = (self.loss_weight(sq_error) * sq_error).mean()
-        return loss, {"mse": sq_error.mean().detach() / flat_dim(self.data_shape)}
+        return loss, {"mse": sq_error.mean().detach() / math.prod(self.data_shape)}
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -23,6 +23,7 @@ still generates.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -38,7 +39,6 @@ from .base import (
     check_vector_data,
     draw_times,
     eval_mode,
-    flat_dim,
     hparams_ignore,
     in_dtype_of,
 )
@@ -96,7 +96,7 @@ class OTNeuralFlowMatching(OneStepModule):
             raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
         if net is None:
             check_vector_data(data_shape, "ResidualFlowMap(UNet(in_channels=C, num_times=1))")
-            net = ResidualFlowMap(TimeMLP(dim=flat_dim(data_shape), num_times=1, num_classes=num_classes))
+            net = ResidualFlowMap(TimeMLP(dim=math.prod(data_shape), num_times=1, num_classes=num_classes))
         super().__init__(
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,

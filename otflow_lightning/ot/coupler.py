@@ -23,15 +23,15 @@ POLICIES = ("raise", "warn")
 AUTO_AUCTION_N = 1024
 #: ``auto`` uses ``multiscale`` for CPU batches of at least this many samples ...
 AUTO_MULTISCALE_N = 4096
-#: ... where it closes at least this fraction of the gap on half the batch (:func:`multiscale_trial`): the
-#: issue's 95% plus the trial's measured error near it (``benchmarks/auto_trial.py``)
+#: ... where it closes at least this fraction of the gap on half the batch (:func:`multiscale_trial`): 95%
+#: plus the trial's measured error near it (``benchmarks/auto_trial.py``)
 AUTO_MULTISCALE_GAP = 0.955
 
 
 @functools.cache
 def fast_bfloat16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively: Intel AMX (a bfloat16 cost matrix 5-6x
-    faster than float32 on one core) or AVX512-BF16 (AMD Zen 4 and later, some Intel Xeons: 2.3x)."""
+    """Whether this CPU multiplies bfloat16 matrices natively: Intel AMX, or AVX512-BF16 (AMD Zen 4
+    and later, some Intel Xeons). The measured speed of a bfloat16 cost matrix: ``docs/coupling.md``."""
     return any(getattr(torch.cpu, f"_is_{unit}_supported", lambda: False)() for unit in ("amx_tile", "avx512_bf16"))
 
 
@@ -39,9 +39,9 @@ def multiscale_trial(x0: Tensor, x1: Tensor, sample: int = 2048, leaf_size: int 
     """Gap closed by ``multiscale`` on ``sample`` random pairs of the batch, with as many clusters
     as it would use on the whole batch: ``(C_independent - C) / (C_independent - C_optimal)``.
 
-    Where the whole batch's gap was 94-97%, the trial was within -0.9 and +0.6 points of it on
-    mixtures, noisy digit images and noisy low-rank data (56 batches, n=4096, d=784/3072;
-    ``benchmarks/auto_trial.py``); a later re-run found -1.25 points on a digits batch at 95.4%.
+    Where the whole batch's gap was 94-97%, the trial was within -1.25 and +0.6 points of it on
+    mixtures, noisy digit images and noisy low-rank data (n=4096, d=784/3072;
+    ``benchmarks/auto_trial.py``).
     """
     n = x0.shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample].to(x0.device)
@@ -63,13 +63,12 @@ def auto_method(
     ``docs/coupling.md``, "auto"):
 
     - ``d <= 16`` (:data:`~otflow_lightning.ot.solvers.LOW_DIM`): ``exact`` (POT's network simplex; exact).
-    - on a CUDA device: ``auction`` from ``n >= 1024`` (99.6-99.8% of the gap on one H100; 99.4-99.9% for
-      the current auction on the CPU), else ``exact``.
+    - on a CUDA device: ``auction`` (near-exact) from ``n >= 1024``, else ``exact``.
     - on the CPU, ``n >= 4096``, no float ``label_weight``, and ``multiscale`` closes >= 95.5% of the
       gap on half the batch (:func:`multiscale_trial`): ``multiscale``.
     - otherwise ``exact``, on a bfloat16 cost where the CPU multiplies bfloat16 natively
-      (:func:`fast_bfloat16_cpu`; 99.99-100% of the gap, 1.1-2x faster in image dimensions), on the
-      default float32/float64 cost elsewhere.
+      (:func:`fast_bfloat16_cpu`; near-exact and faster in image dimensions), on the default
+      float32/float64 cost elsewhere.
     """
     n, d = x0.shape[0], x0[0].numel()
     if d <= LOW_DIM:
@@ -215,9 +214,8 @@ class OTCoupler:
             returning a permutation (see above).
         cost_dtype: precision of the cost matrix: ``None`` (float64 up to 64 features, float32
             above), ``"float64"``, ``"float32"`` or ``"bfloat16"``: inner products in bfloat16,
-            the rest in float32, 2.5-3x faster on CPUs with bfloat16 matrix units (AMX; 1.1-2x
-            with AVX512-BF16) in image dimensions; an approximate cost, whose exact assignment closed >= 99.99% of the gap
-            in every measured case (``docs/coupling.md``). The point methods (``bsp``,
+            the rest in float32, faster on CPUs and GPUs with bfloat16 matrix units; an approximate
+            cost (:func:`~otflow_lightning.ot.costs.squared_euclidean`). The point methods (``bsp``,
             ``lowrank``, ``multiscale``) build no cost matrix and refuse it.
         **options: passed to the solver (e.g. ``n_plans`` for ``bsp``, ``eps_final`` for ``auction``,
             ``rank`` for ``lowrank``, ``leaf_size`` for ``multiscale``).

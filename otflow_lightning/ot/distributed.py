@@ -18,15 +18,17 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _gather(x: Tensor) -> Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+def gather(x: Tensor, device: torch.device | None = None) -> Tensor:
+    """Concatenate ``x`` (the same shape on every rank) over all ranks, in rank order; ``x`` without DDP.
 
-
-def gather(x: Tensor) -> Tensor:
-    """Concatenate ``x`` (the same shape on every rank) over all ranks, in rank order; ``x`` without DDP."""
-    return _gather(x) if world_size() > 1 else x
+    ``device``: gather through it and return the result on ``x``'s device (NCCL gathers CUDA
+    tensors only, so a CPU tensor travels through the rank's GPU)."""
+    if world_size() == 1:
+        return x
+    y = x if device is None else x.to(device)
+    parts = [torch.empty_like(y) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, y.contiguous())
+    return torch.cat(parts).to(x.device)
 
 
 def solve_on_rank0(solve: Callable[[], Coupling], n: int, device: torch.device) -> Coupling:
@@ -81,10 +83,10 @@ def couple_batch(
         perm = coupling.perm
         return x1[perm], tuple(None if p is None else p[perm] for p in payload), coupling
     rank, n = dist.get_rank(), x0.shape[0]
-    gx0, gx1 = _gather(x0), _gather(x1)
-    gc0, gc1 = (None, None) if c0 is None else (_gather(c0), _gather(c1))
+    gx0, gx1 = gather(x0), gather(x1)
+    gc0, gc1 = (None, None) if c0 is None else (gather(c0), gather(c1))
     coupling = solve_on_rank0(lambda: coupler.couple(gx0, gx1, gc0, gc1, generator), gx0.shape[0], x0.device)
     perm = coupling.perm
     mine = perm[rank * n : (rank + 1) * n]
-    paired_payload = tuple(None if p is None else _gather(p)[mine] for p in payload)
+    paired_payload = tuple(None if p is None else gather(p)[mine] for p in payload)
     return gx1[mine], paired_payload, coupling

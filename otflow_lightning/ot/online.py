@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .costs import pair_cost
 from .coupler import Coupling, OTCoupler
 from .distributed import gather, solve_on_rank0, world_size
 
@@ -38,11 +39,6 @@ __all__ = ["OnlineCoupling"]
 
 #: ``draw(n, generator) -> (n, *shape)`` source samples on the CPU
 Draw = Callable[[int, torch.Generator], Tensor]
-
-
-def _all_gather(x: Tensor, device: torch.device) -> Tensor:
-    """:func:`gather` of a CPU tensor through ``device`` (NCCL gathers CUDA tensors only), back on the CPU."""
-    return gather(x.to(device)).cpu() if world_size() > 1 else x
 
 
 class OnlineCoupling:
@@ -119,7 +115,10 @@ class OnlineCoupling:
         if self.bank is None or self._draw is None:
             raise RuntimeError("OnlineCoupling has no bank yet: call reset(size, draw, seed) first (OTPairDataModule.setup does)")
         if index.numel() and (index.min() < 0 or index.max() >= self.bank.shape[0]):
-            raise IndexError(f"dataset index out of range for a bank of {self.bank.shape[0]} points (got {index.min()}..{index.max()})")
+            raise IndexError(
+                f"dataset index out of range for a bank of {self.bank.shape[0]} points (got {index.min()}..{index.max()}): "
+                "the training set changed size since reset(); call reset(len(dataset), draw, seed) again"
+            )
 
     @torch.no_grad()
     def couple(
@@ -161,7 +160,7 @@ class OnlineCoupling:
         if world:  # the world batch, identical on every rank
             x0, x1 = gather(x0), gather(x1)
             labels = None if labels is None else gather(labels)
-            index, slot, state = (_all_gather(t, x1.device) for t in (index, slot, state))
+            index, slot, state = (gather(t, x1.device) for t in (index, slot, state))
             coupling = solve_on_rank0(lambda: self._improve(x0, x1, labels), x1.shape[0], x1.device)
         else:
             coupling = self._improve(x0, x1, labels)
@@ -169,7 +168,7 @@ class OnlineCoupling:
         # entry (index[perm[i]], slot[perm[i]]) now holds the noise that was at (index[i], slot[i])
         moved = (index[perm], slot[perm], state)
         if not world:  # every rank applies all ranks' writes (a world batch is already common to all)
-            moved = tuple(_all_gather(t, x1.device) for t in moved)
+            moved = tuple(gather(t, x1.device) for t in moved)
         self.bank[moved[0], moved[1]] = moved[2]
         if not world:
             return x0, coupling
@@ -195,7 +194,7 @@ class OnlineCoupling:
             x = data[idx].cpu()
             for k in range(self.num_noises):
                 z = self.noise(self.bank[idx, torch.full_like(idx, k)]).to(x)
-                total += float((z - x).flatten(1).square().sum())
+                total += float(pair_cost(z, x).sum())
         return total / (data.shape[0] * self.num_noises)
 
     def state_dict(self) -> dict:
@@ -205,5 +204,7 @@ class OnlineCoupling:
         if "bank" in state:
             bank = state["bank"]
             if bank.ndim < 2 or bank.shape[1] != self.num_noises:
-                raise ValueError(f"checkpointed online bank has shape {tuple(bank.shape)} but num_noises={self.num_noises}")
+                raise ValueError(f"checkpointed online bank has shape {tuple(bank.shape)} but num_noises={self.num_noises}; "
+                                 f"build OnlineCoupling(num_noises={bank.shape[1] if bank.ndim >= 2 else '...'}) as "
+                                 "in the checkpointed run")
             self.bank = bank.clone()

@@ -117,6 +117,15 @@ def solve_independent(cost: Tensor, x0=None, x1=None) -> Solution:
     return Solution(torch.arange(cost.shape[0], device=cost.device))
 
 
+def _emd(cost: Tensor, max_iter: int, threads: int) -> tuple[np.ndarray, bool]:
+    """POT's network simplex on the cost scaled to [0, 1]: ``(plan, converged)``, the plan a float64 NumPy array."""
+    import ot
+
+    w = np.full(cost.shape[0], 1.0 / cost.shape[0])
+    plan, log = ot.emd(w, w, simplex_scaled(cost)[0], numItermax=max_iter, numThreads=threads, log=True)
+    return plan, log.get("result_code", 1) == 1
+
+
 def plan_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> TransportPlan:
     """Exact OT plan by POT's network simplex (``ot.emd``), CPU, float64, returned on the cost's device.
 
@@ -125,22 +134,23 @@ def plan_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, thread
     (:func:`~otflow_lightning.ot.costs.simplex_scaled`). Stopped at ``max_iter`` before optimality,
     the simplex's last plan is rounded by :func:`round_plan` and marked unconverged.
     """
-    import ot
-
     n = cost.shape[0]
-    w = np.full(n, 1.0 / n)
-    plan, log = ot.emd(w, w, simplex_scaled(cost)[0], numItermax=max_iter, numThreads=threads, log=True)
+    plan, converged = _emd(cost, max_iter, threads)
     plan = torch.from_numpy(plan).to(cost.device)
-    converged = log.get("result_code", 1) == 1
     if not converged:  # the last basis can leave rows empty: round it to a permutation's plan
         plan = torch.zeros_like(plan).scatter_(1, round_plan(plan, cost)[:, None], 1.0 / n)
     return TransportPlan(plan, converged=converged)
 
 
 def solve_emd(cost: Tensor, x0=None, x1=None, max_iter: int = 100_000_000, threads: int = 1) -> Solution:
-    """Exact assignment: the row argmax of :func:`plan_emd`'s permutation plan (taken on the CPU)."""
-    plan = plan_emd(cost, max_iter=max_iter, threads=threads)
-    return Solution(check_permutation(plan.plan.argmax(1), cost.shape[0], "emd"), converged=plan.converged)
+    """Exact assignment: the row argmax of the network simplex's permutation plan (:func:`plan_emd`),
+    taken on the CPU; an unconverged plan is rounded by :func:`round_plan`."""
+    plan, converged = _emd(cost, max_iter, threads)
+    if converged:
+        perm = _from_numpy(plan.argmax(1), cost.device)
+    else:
+        perm = round_plan(torch.from_numpy(plan).to(cost.device), cost)
+    return Solution(check_permutation(perm, cost.shape[0], "emd"), converged=converged)
 
 
 def solve_lsa(cost: Tensor, x0=None, x1=None) -> Solution:
@@ -441,7 +451,7 @@ def solve_auction(
     scale = cost.std() if n > 1 else torch.zeros((), dtype=cost.dtype, device=cost.device)
     if not scale > 0:  # one pair, or a constant cost: every permutation is optimal (one host sync)
         return Solution(torch.arange(n, device=cost.device), iterations=0)
-    tail = int(tail * n)
+    tail_rows = int(tail * n)
     phases = max(1, math.ceil(math.log(eps_start / eps_final) / math.log(eps_factor)) + 1)
     # repeated points tie columns (or rows) of the cost exactly: without a tie-break every tied bidder
     # bids for the same column and one wins per round, eps by eps, until the budget runs out
@@ -462,13 +472,13 @@ def solve_auction(
         total, left = 0, max_rounds
         for k in range(phases):
             eps = scale * max(eps_start / eps_factor**k, eps_final)
-            stop = tail if k == phases - 1 else int(phase_tail * n)
+            stop = tail_rows if k == phases - 1 else int(phase_tail * n)
             total += _auction_rounds(auction, eps, max(left, 1), check_every, stop)
             left = max_rounds - total
             if left <= 0:
                 break
         assigned = auction.assigned[:n].clone()  # a graphed auction's buffers serve the next solve
-    converged = int((assigned < 0).sum()) <= tail
+    converged = int((assigned < 0).sum()) <= tail_rows
     perm = complete_exactly(assigned, cost) if converged else repair_permutation(assigned)
     return Solution(check_permutation(perm, n, "auction"), iterations=total, converged=converged)
 
@@ -562,7 +572,8 @@ def plan_lowrank(
     converged = not any("did not converge" in str(w.message) for w in caught)
     plan = (q / g) @ r.T
     if not torch.isfinite(plan).all():
-        raise RuntimeError(f"low-rank Sinkhorn produced a non-finite plan (rank={rank}, epsilon={epsilon})")
+        raise RuntimeError(f"low-rank Sinkhorn produced a non-finite plan (rank={rank}, epsilon={epsilon}); "
+                           "raise epsilon or lower rank")
     return TransportPlan(plan.to(x0.device), converged=converged)
 
 
@@ -681,9 +692,8 @@ def solve_multiscale(
 
 #: methods whose permutation depends on the cost only up to row and column potentials: the coupler
 #: gives them a bfloat16 cost without the points' squared norms (``squared_euclidean(reduced=True)``,
-#: two passes fewer). Float32 costs keep them: LAPJV took 1.1-2x longer on the reduced float32 cost
-#: of Gaussian and mixture batches (n=1024-4096, d=3072; re-measured in docs/coupling.md), more than
-#: the two passes save.
+#: two passes fewer). Float32 costs keep them: LAPJV took longer on the reduced float32 cost of
+#: Gaussian and mixture batches than the two passes save (docs/coupling.md).
 SHIFT_INVARIANT = ("exact", "emd", "lsa", "lapjv")
 
 #: methods that work on the points themselves: the coupler passes them ``cost=None`` (no ``n x n`` matrix)
