@@ -1,6 +1,8 @@
 """Class-conditional generation: labels reach the net, guidance is folded into training, and a
 conditional model trained on the C2OT coupling generates the class it is asked for."""
 
+import warnings
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -48,6 +50,36 @@ def test_meanflow_guided_velocity_is_meanflows_cfg_combination(omega, kappa):
     torch.testing.assert_close(got, want)
 
 
+class DropoutRecorder(nn.Module):
+    """A net with dropout that records, per call, whether all labels were null and whether dropout was on."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes, self.calls = num_classes, []
+        self.drop, self.lin = nn.Dropout(0.5), nn.Linear(2, 2)
+
+    def forward(self, x, t, h=None, labels=None):
+        self.calls.append((bool((labels == self.num_classes).all()), self.drop.training))
+        return self.drop(self.lin(x))
+
+
+@pytest.mark.parametrize("module_cls", [OTMeanFlow, OTNeuralFlowMatching])
+def test_guidance_reference_predictions_run_without_dropout(module_cls):
+    """MeanFlow's CFG takes the unconditional prediction from the net in eval mode (no dropout), while
+    the trained prediction keeps dropout; the net's mode is restored."""
+    net = DropoutRecorder(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = module_cls(net=net, num_classes=3, guidance_scale=2.0, label_dropout=0.1)
+    m.train()
+    g = torch.Generator().manual_seed(0)
+    m.loss(Pair(torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])))
+    assert (True, False) in net.calls and (False, True) in net.calls, net.calls  # null: eval; trained: train
+    assert all(training for null, training in net.calls if not null)
+    assert all(not training for null, training in net.calls if null)
+    assert all(mod.training for mod in m.modules())
+
+
 def test_nfm_guided_target_and_label_dropout():
     class Map(nn.Module):  # F(x, t | label) = x + 10 for the null label, x + label otherwise
         def forward(self, x, t, labels):
@@ -87,12 +119,16 @@ def test_conditional_model_generates_the_requested_class(module_cls, coupling):
     assert torch.equal(eval_labels(module, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2]))
 
 
-def test_guidance_sharpens_classes():
+def test_nfm_guidance_moves_class_means_omega_times_as_far_from_the_unconditional_mean():
     """Folded guidance: the minimiser is F_null + omega (F_c - F_null), so with omega = 3 each class
-    mean sits 3x as far from the unconditional output's mean as without guidance."""
+    mean sits 3x as far from the unconditional output's mean as without guidance (beyond its data:
+    OT-NFM's guidance extrapolates, and warns so)."""
     offsets = {}
     for omega in (1.0, 3.0):
-        module = OTNeuralFlowMatching(num_classes=3, lr=3e-3, guidance_scale=omega, label_dropout=0.2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = OTNeuralFlowMatching(num_classes=3, lr=3e-3, guidance_scale=omega, label_dropout=0.2)
+        assert any("extrapolates" in str(w.message) for w in caught) == (omega > 1)
         fit_conditional(module, 300)
         module.eval()
         x0 = torch.randn(600, 2, generator=torch.Generator().manual_seed(3))

@@ -18,7 +18,11 @@ guarantees. Minibatch OT gives a batch-blurred map; persistent couplings
 **Classifier-free guidance**, folded into training: a labelled row regresses onto
 :math:`\mathrm{sg}(F(x_0, t \mid \varnothing)) + \omega\,(x_t - \mathrm{sg}(F(x_0, t \mid \varnothing)))`,
 whose minimiser is the guided map :math:`F_\varnothing + \omega\,(F_c - F_\varnothing)`: one call
-still generates.
+still generates. Unlike guidance of a velocity (OT-MF), this does not sharpen a class: the map sees
+only :math:`x_0`, and under the C2OT coupling :math:`F_\varnothing(x_0, 1)` is the regression onto
+all classes, so :math:`\omega > 1` moves each class's samples by about
+:math:`(\omega - 1)(\mu_c - \bar\mu)` beyond its data (class means :math:`\mu_c`, their mixture
+:math:`\bar\mu`). Keep ``guidance_scale=1`` unless that extrapolation is what you want.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import math
 from typing import Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ..data.datamodule import Pair
@@ -101,6 +106,13 @@ class OTNeuralFlowMatching(OneStepModule):
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
+        if guidance_scale > 1.0:
+            rank_zero_warn(
+                f"OTNeuralFlowMatching(guidance_scale={guidance_scale}) extrapolates each class's one-step samples "
+                "away from the unconditional map's output, beyond the class's data (about (omega - 1) x the distance "
+                "from the mean of all classes to the class's mean); it does not sharpen classes as MeanFlow's guidance "
+                "does. Use guidance_scale=1 for samples on the data"
+            )
         self.save_hyperparameters(ignore=hparams_ignore())
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.endpoint_weight = endpoint_weight
@@ -125,7 +137,7 @@ class OTNeuralFlowMatching(OneStepModule):
         tc = t.reshape((-1,) + (1,) * (x0.ndim - 1))
         x_t = (1 - tc) * x0 + tc * x1
         if labels is not None and self.guidance_scale != 1.0:
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(self.net):  # the reference prediction without dropout
                 x_t = self.guided(x_t, self.flow_map(x0, t, self.null_labels(len(t))), labels)
         mapped = self.flow_map(x0, t, labels)
         check_net_output(mapped, x_t)
