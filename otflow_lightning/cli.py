@@ -7,11 +7,13 @@ path such as ``my_project.MyModule``); ``--print_config`` prints the resolved YA
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -29,6 +31,48 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): tree}
 
 
+def _resolve(class_path: str) -> object:
+    """The class a dotted path names (``None`` if it does not import)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _model_source_given(args) -> str | None:
+    """The model ``source`` given on the command line or in a ``--config`` file, if any (the link from
+    ``data.source`` overwrites it, so it must be caught before parsing)."""
+    if isinstance(args, dict):
+        model = args.get("model", {}) if not args.get("subcommand") else args.get(args["subcommand"], {}).get("model", {})
+        init = model.get("init_args", model) if isinstance(model, dict) else {}
+        return init.get("source") if isinstance(init, dict) else None
+    args, given = [str(a) for a in args], None
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if key in ("--model.source", "--model.init_args.source"):
+            given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+        elif key == "--config" and (eq or i + 1 < len(args)):
+            path = value if eq else args[i + 1]
+            try:
+                config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+            except (OSError, yaml.YAMLError):
+                config = None  # jsonargparse reports it
+            model = config.get("model") if isinstance(config, dict) else None
+            init = model.get("init_args", model) if isinstance(model, dict) else None
+            if isinstance(init, dict) and "source" in init:
+                given = init["source"]
+    return given
+
+
+def _newest_last_checkpoint(trainer) -> str | None:
+    """The most recently written ``last*.ckpt`` under the trainer's ``default_root_dir`` (the working
+    directory by default), or ``None``."""
+    root = Path(getattr(trainer, "default_root_dir", None) or os.getcwd())
+    found = [p for p in root.rglob("last*.ckpt") if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
 class OTFlowCLI(LightningCLI):
     """LightningCLI with the data's ``source`` linked into the model (set it once, under ``data``),
     and a warning when ``--ckpt_path`` replaces model settings given in the config or on the
@@ -36,6 +80,17 @@ class OTFlowCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.source", "model.init_args.source")
+
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's, refusing a ``model`` ``source`` that the link from ``data`` would replace unseen."""
+        given = _model_source_given(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        data = (self.config[sub] if sub else self.config).get("data")
+        source = getattr(getattr(data, "init_args", None), "source", None)
+        if given is not None and source is not None and given != source:
+            raise ValueError(f"model source {given!r} is not used: otflow sets the model's source from the data's "
+                             f"({source!r}); give --data.source {given} (data: init_args: source: in a config) instead")
 
     def instantiate_classes(self) -> None:
         """Build the classes; an error raised by a class's own checks surfaces alone, not wrapped in
@@ -59,12 +114,37 @@ class OTFlowCLI(LightningCLI):
         model = self.config[sub].get("model") if sub else None
         before = _flat(model.as_dict()) if hasattr(model, "as_dict") else None
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if sub in ("validate", "test", "predict") and not ckpt_path:
+            rank_zero_warn(f"otflow {sub} without --ckpt_path runs a model with freshly initialised weights; pass "
+                           "--ckpt_path lightning_logs/version_N/checkpoints/last.ckpt to use a trained one")
+        if ckpt_path == "last":
+            ckpt_path = _newest_last_checkpoint(self.config[sub].get("trainer"))
+            if ckpt_path is None:
+                return  # Lightning starts afresh (the first run of a job that always passes "last")
+            self.config[sub]["ckpt_path"] = ckpt_path
+            rank_zero_warn(f"--ckpt_path last: each otflow run logs to a new version_N folder, so 'last' resumes "
+                           f"the newest last checkpoint under the run's root: {ckpt_path}")
+        if ckpt_path and Path(ckpt_path).is_dir():
+            found = sorted(p.name for p in Path(ckpt_path).glob("*.ckpt"))
+            raise ValueError(f"--ckpt_path {ckpt_path} is a folder; give a checkpoint file in it"
+                             f"{': ' + ', '.join(found) if found else ' (it holds no .ckpt files)'}")
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        try:
+            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        except Exception as err:  # truncated (a job killed while saving), or not a checkpoint
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({first}); it may be "
+                             "truncated: give an earlier checkpoint of the run") from None
         hparams.pop("_instantiator", None)
         if not hparams:
             return
+        saved_class = hparams.get("_class_path")
+        config_class = getattr(model, "class_path", None)
+        if saved_class and config_class and _resolve(saved_class) is not _resolve(config_class):
+            raise ValueError(f"--ckpt_path {ckpt_path} holds a {saved_class} checkpoint but the config trains "
+                             f"{config_class}; give the checkpoint of a {config_class.rsplit('.', 1)[-1]} run, or "
+                             f"the config it was trained with (--model {saved_class})")
         if "_class_path" in hparams:  # saved under the CLI
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         elif getattr(model, "class_path", None):

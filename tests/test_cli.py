@@ -72,6 +72,32 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
     assert torch.equal(saved["index"], torch.arange(2000))
     x0 = torch.randn(5, 2)
     assert model.sample(x0).shape == (5, 2)
+    # "last": each run logs to a new version_N, so it resolves to the newest last checkpoint under the root
+    with pytest.warns(UserWarning, match=r"--ckpt_path last: .*last\.ckpt"):
+        fourth = main(["fit", *args, "--trainer.max_steps=45", "--trainer.limit_val_batches=0", "--ckpt_path=last"])
+    assert fourth.trainer.global_step == 45
+    # the wrong file is refused before anything runs: a folder, a truncated file, another module's checkpoint
+    with pytest.raises(ValueError, match=r"is a folder; give a checkpoint file in it: .*last\.ckpt"):
+        main(["fit", *args, f"--ckpt_path={os.path.dirname(ckpt)}"])
+    with open(ckpt, "rb") as f:
+        (in_tmp / "cut.ckpt").write_bytes(f.read()[:1000])
+    with pytest.raises(ValueError, match="cut.ckpt is not a readable Lightning checkpoint .* truncated"):
+        main(["fit", *args, "--ckpt_path=cut.ckpt"])
+    with pytest.raises(ValueError, match=r"holds a otflow_lightning\.OTMeanFlow checkpoint but the config trains "
+                                         r"otflow_lightning\.OTNeuralFlowMatching"):
+        main(["fit", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), *QUIET, f"--ckpt_path={ckpt}"])
+    with pytest.warns(UserWarning, match="otflow validate without --ckpt_path runs a model with freshly initialised"):
+        main(["validate", *args, "--trainer.limit_val_batches=1"])
+
+
+def test_a_model_source_the_data_link_would_replace_is_refused(in_tmp):
+    with pytest.raises(ValueError, match=r"model source 'gaussian' is not used: .* give --data.source gaussian"):
+        main(["--config", TOY, "--model.source=gaussian"], run=False)
+    config = in_tmp / "mine.yaml"
+    config.write_text("model:\n  class_path: otflow_lightning.OTMeanFlow\n  init_args:\n    source: gaussian\n")
+    with pytest.raises(ValueError, match="model source 'gaussian' is not used"):
+        main(["--config", TOY, "--config", str(config)], run=False)
+    assert main(["--config", TOY, "--model.init_args.source", "8gaussians"], run=False).model.source == "8gaussians"
 
 
 def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
