@@ -190,10 +190,22 @@ def test_lapjv_starts_from_column_means_and_row_minima(monkeypatch):
     assert (reduced >= 0).all() and (reduced.amin(1) == 0).all()  # a feasible dual: a zero in every row
 
 
-def test_unknown_exact_option_is_an_error():
-    x0, x1 = clouds(20, 64)
-    with pytest.raises(TypeError, match="clusters"):
-        OTCoupler("exact", clusters=8).match(x0, x1)
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("exact", {"clusters": 8}, r"OTCoupler\('exact'\) does not take \['clusters'\]; its options: \['max_iter', 'threads'\]"),
+        ("sinkhorn", {"reg": 0.1}, r"does not take \['reg'\] \(POT's reg is epsilon here"),
+        ("auction", {"eps_fnial": 1e-3}, r"does not take \['eps_fnial'\]; its options: \['eps_start', 'eps_final'"),
+        ("bsp", {"n_plans": 0}, r"n_plans must be >= 1, got 0"),  # POT's BSP-OT crashes the process on 0
+        ("auction", {"eps_final": 0.0}, r"eps_final must be > 0"),
+        ("sinkhorn", {"epsilon": -1.0}, r"epsilon must be > 0"),
+        ("lapjv", {"threads": 2}, r"its options: none"),
+    ],
+)
+def test_unknown_or_impossible_solver_options_are_refused_when_the_coupler_is_built(method, options, message):
+    with pytest.raises(ValueError, match=message):
+        OTCoupler(method, **options)
+    OTCoupler("lowrank", plan_sampler=True, epsilon=0.0)  # the low-rank solver takes epsilon 0
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
@@ -439,7 +451,7 @@ def test_multiscale_works_on_the_points_without_a_cost_matrix(monkeypatch):
         OTCoupler("multiscale", label_weight=1.0)
     with pytest.raises(ValueError, match="cost_dtype"):
         OTCoupler("multiscale", cost_dtype="bfloat16")
-    with pytest.raises(ValueError, match="leaf_size >= 1"):
+    with pytest.raises(ValueError, match="leaf_size must be >= 1"):
         OTCoupler("multiscale", leaf_size=0).match(x0, x1)
 
 

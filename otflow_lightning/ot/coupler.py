@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
-from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, sample_plan
+from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, check_options, sample_plan
 
 __all__ = ["OTCoupler", "Coupling", "check_batch", "auto_method"]
 
@@ -272,6 +272,8 @@ class OTCoupler:
                 f"method {method!r} solves on the points and cannot add a label cost: use label_weight=None "
                 "(strict per-label matching) or a cost-matrix method such as 'exact' or 'sinkhorn'"
             )
+        if method != "auto":
+            check_options(method, options, plan_sampler)
         self.method, self.label_weight, self.on_failure, self.options = method, label_weight, on_failure, options
         self.plan_sampler, self.cost_dtype = plan_sampler, cost_dtype
         self.failures = 0

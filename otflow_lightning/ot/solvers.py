@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import math
 import threading
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from .costs import cpu_float64, simplex_scaled, squared_euclidean
 __all__ = [
     "SOLVERS",
     "Solution",
+    "check_options",
     "solve_independent",
     "solve_exact",
     "solve_emd",
@@ -718,3 +720,34 @@ PLANS: dict[str, Callable[..., TransportPlan]] = {
     "sinkhorn": plan_sinkhorn,
     "lowrank": plan_lowrank,
 }
+
+#: the function whose keyword arguments a method's ``**options`` are (``exact`` and ``sinkhorn``
+#: pass theirs on)
+_OPTIONS_OF = {"exact": plan_emd, "sinkhorn": plan_sinkhorn}
+
+#: option values that solvers cannot take (a zero ``n_plans`` crashes POT's BSP-OT, a zero
+#: ``eps_final`` divides by zero): ``name: (test, what the value must be)``
+_OPTION_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("n_plans", "max_iter", "max_rounds", "check_every", "rank", "leaf_size", "threads")},
+    **{k: (lambda v: v > 0, "> 0") for k in ("eps_start", "eps_final", "tol", "warm_epsilon")},
+    **{k: (lambda v: v >= 0, ">= 0") for k in ("warm_start", "iterations", "sweeps")},
+    **{k: (lambda v: 0 <= v < 1, "in [0, 1)") for k in ("tail", "phase_tail")},
+    "eps_factor": (lambda v: v > 1, "> 1"),
+}
+
+
+def check_options(method: str, options: dict, plan: bool = False) -> None:
+    """``ValueError`` unless ``options`` are keyword arguments of ``method``'s solver (its plan's,
+    with ``plan=True``) with values it can take, naming the ones it takes."""
+    fn = PLANS[method] if plan else _OPTIONS_OF.get(method, SOLVERS.get(method))
+    params = inspect.signature(fn).parameters
+    allowed = [k for k, p in params.items() if k not in ("cost", "x0", "x1") and p.kind is p.POSITIONAL_OR_KEYWORD]
+    if unknown := sorted(options.keys() - set(allowed)):
+        hint = " (POT's reg is epsilon here, relative to the cost's standard deviation)" if "reg" in unknown else ""
+        raise ValueError(f"OTCoupler({method!r}) does not take {unknown}{hint}; its options: {allowed or 'none'}")
+    for name, value in options.items():
+        test, want = _OPTION_RANGES.get(name, (None, ""))
+        if name == "epsilon":  # Sinkhorn needs a positive regularisation; the low-rank solver also takes 0
+            test, want = (lambda v: v > 0, "> 0") if method == "sinkhorn" else (lambda v: v >= 0, ">= 0")
+        if test is not None and isinstance(value, (int, float)) and not test(value):
+            raise ValueError(f"OTCoupler({method!r}): {name} must be {want}, got {value}")
