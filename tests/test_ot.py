@@ -490,8 +490,13 @@ def test_emd_budget_follows_the_failure_policy():
     assert not coupling.converged and coupling.failures == 1 and is_permutation(coupling.perm, 64)
     sampled = OTCoupler("emd", max_iter=3, on_failure="warn", plan_sampler=True).couple(x0, x1)
     assert is_permutation(sampled.perm, 64)  # the rounded plan is a permutation's
-    with pytest.raises(RuntimeError, match=r"stopped at its budget \(n=64\); raise"):  # no "None iterations"
+    with pytest.raises(RuntimeError, match=r"stopped at its budget \(n=64\); raise its budget: OTCoupler\('exact', "
+                                           r"max_iter=\.\.\.\) .*dict_kwargs: \{max_iter: \.\.\.\}"):  # no "None iterations"
         OTCoupler("exact", max_iter=3).couple(x0, x1)
+    labels = torch.arange(64) % 8  # per-label Sinkhorn on 8 points a class: say so, and what serves there
+    with pytest.raises(RuntimeError, match=r"'sinkhorn' stopped .*summed over the per-label sub-problems.*"
+                                           r"OTCoupler\('sinkhorn', max_iter=.*'exact' is cheap"):
+        OTCoupler("sinkhorn", max_iter=2).couple(x0, x1, labels, labels)
 
 
 def test_statistics_of_degenerate_and_budgeted_solves():

@@ -156,6 +156,23 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
             raise ValueError(f"labels {name} hold NaN or Inf values")
 
 
+#: the option that sets each iterative solver's budget
+BUDGET_OPTIONS = {"exact": "max_iter", "emd": "max_iter", "sinkhorn": "max_iter", "lowrank": "max_iter", "auction": "max_rounds"}
+
+
+def _budget_hint(solved: str, method: str, per_label: bool) -> str:
+    """How to raise the budget of the solver(s) ``solved`` (``+``-joined) of a coupler of ``method``."""
+    option = next((BUDGET_OPTIONS[m] for m in solved.split("+") if m in BUDGET_OPTIONS), "max_iter")
+    name = solved.split("+")[0] if method == "auto" else method
+    hint = (f"raise its budget: OTCoupler({name!r}, {option}=...) (in a YAML coupling: class_path: "
+            f"otflow_lightning.OTCoupler, init_args: {{method: {name}}}, dict_kwargs: {{{option}: ...}})")
+    if method == "auto":
+        hint += "; 'auto' takes no options, so name the method"
+    if per_label and "sinkhorn" in solved:
+        hint += "; per-label sub-problems are small, where Sinkhorn converges slowly and 'exact' is cheap"
+    return hint
+
+
 class _SolveTimer:
     """Milliseconds from construction to :meth:`stop`. On a CUDA device: between two events on the
     current stream, so work queued before the solve (the previous step) or on another stream (the
@@ -375,9 +392,11 @@ class OTCoupler:
         ms = timer.stop()
         if not sol.converged:
             ran = "" if sol.iterations is None else f", {sol.iterations} iterations"
-            message = f"OT solver {method!r} stopped at its budget (n={x0.shape[0]}{ran})"
+            where = f"n={x0.shape[0]}{ran}" + (", summed over the per-label sub-problems" if strict else "")
+            message = f"OT solver {method!r} stopped at its budget ({where})"
             if self.on_failure == "raise":
-                raise RuntimeError(f"{message}; raise its budget, or pass on_failure='warn' to count and continue")
+                raise RuntimeError(f"{message}; {_budget_hint(method, self.method, strict)}, or pass on_failure='warn' "
+                                   "to count and continue")
             self.failures += 1
             kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"
             log.warning("%s; %s (failure %d)", message, kept, self.failures)
