@@ -276,6 +276,31 @@ def test_net_mistakes_are_named(tmp_path):
     assert torch.equal(OTMeanFlow.load_from_checkpoint(ckpt, net=LazyNet()).net.layer.weight, lazy.net.layer.weight)
 
 
+def test_a_net_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTNeuralFlowMatching, OTPairDataModule
+    from otflow_lightning.nets import ResidualFlowMap
+
+    class ThreeFeatures(nn.Module):  # a custom net built for 3 features, trained on 2D data
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 2)
+
+        def forward(self, z, t, h=None):
+            return self.layer(z)
+
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"the net \(ThreeFeatures\) fails on inputs of data_shape=\(2,\): .*mat1"):
+        trainer.fit(OTMeanFlow(net=ThreeFeatures()), OTPairDataModule("moons", batch_size=16))
+    assert trainer.global_step == 0
+    # OT-NFM needs a flow map, F(x, 0) = x: a bare TimeMLP is not one, the same net wrapped is
+    with pytest.raises(ValueError, match=r"is not a flow map: max \|F\(x, 0\) - x\| = .* wrap it: ResidualFlowMap\(net\)"):
+        OTNeuralFlowMatching(net=TimeMLP(dim=2, num_times=1)).check_net()
+    OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=1))).check_net()
+
+
 class LazyNet(nn.Module):
     def __init__(self):
         super().__init__()

@@ -332,6 +332,27 @@ class OneStepModule(pl.LightningModule):
         dm_shape = getattr(dm, "data_shape", None)
         if dm_shape is not None and tuple(dm_shape) != self.data_shape:
             raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}")
+        self.check_net()
+
+    def check_net(self) -> tuple[Tensor, Tensor]:
+        """Before training, one eval-mode call of the net on four random inputs (drawn from a local
+        generator: the run's random stream is untouched): an error of the net's own, such as a
+        layer built for another input size, is raised naming ``data_shape``, and an output of
+        another shape as :func:`check_net_output` does. Returns ``(inputs, output)``."""
+        x = torch.randn(4, *self.data_shape, generator=torch.Generator().manual_seed(0)).to(self.device, self.dtype)
+        labels = None if self.num_classes is None else self.null_labels(4)
+        try:
+            with torch.no_grad(), eval_mode(self):
+                out = self.trial_output(x, labels)
+        except RuntimeError as err:
+            raise ValueError(f"the net ({type(self.net).__name__}) fails on inputs of data_shape={self.data_shape}: "
+                             f"{err}; build it for inputs of shape (n, *data_shape)") from err
+        check_net_output(out, x)
+        return x, out
+
+    def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """The net's output for inputs ``x`` ``(n, *data_shape)`` at time 0 (:meth:`check_net`)."""
+        raise NotImplementedError
 
     def _as_pair(self, batch) -> Pair:
         if not isinstance(batch, Pair):

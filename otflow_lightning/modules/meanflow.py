@@ -147,6 +147,10 @@ class OTMeanFlow(OneStepModule):
         """``u(z, t, e)``: average velocity from ``t`` to ``e`` (``(n,)`` each) at ``z``, given ``labels``."""
         return self.net(z, t, e - t) if labels is None else self.net(z, t, e - t, labels=labels)
 
+    def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        zero = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        return self.average_velocity(x, zero, zero, labels)
+
     def sample_times(self, n: int) -> tuple[Tensor, Tensor]:
         """Draw start and end times ``(t, e)``, each ``(n,)``, with ``0 <= t <= e <= 1``.
 

@@ -118,6 +118,22 @@ class OTNeuralFlowMatching(OneStepModule):
         self.endpoint_weight = endpoint_weight
 
     # ---------------------------------------------------------------- training
+    def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        return self.flow_map(x, torch.zeros(x.shape[0], device=x.device, dtype=x.dtype), labels)
+
+    def check_net(self) -> tuple[Tensor, Tensor]:
+        """The base checks, and that the net is a flow map: ``F(x, 0) = x`` (e.g. not a bare net
+        without :class:`~otflow_lightning.nets.ResidualFlowMap`)."""
+        x, out = super().check_net()
+        off = float((out - x).abs().max())
+        if not off <= 1e-3 * max(1.0, float(x.abs().max())):
+            raise ValueError(
+                f"the net ({type(self.net).__name__}) is not a flow map: max |F(x, 0) - x| = {off:.3g}, but OT-NFM needs "
+                "F(x, 0) = x; wrap it: ResidualFlowMap(net) (in a config: class_path: otflow_lightning.nets."
+                "ResidualFlowMap, init_args: {net: ...}), or use ResNetFlow / AffineCouplingFlow"
+            )
+        return x, out
+
     def sample_times(self, n: int) -> Tensor:
         """Regression times ``(n,)`` in [0, 1] from ``time_dist``."""
         return draw_times((n,), self.time_dist, self.time_mean, self.time_std, self.time_generator(), self.device)
