@@ -210,6 +210,17 @@ def test_non_finite_loss_says_whether_the_batch_was_bad():
     x1[3, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="x1 hold NaN/Inf; check the data"):
         model.training_step(Pair(torch.randn(8, 2), x1), 0)
+    x1 = torch.randn(8, 2)
+    with torch.no_grad():
+        next(model.net.parameters())[0, 0] = float("nan")  # a diverged update
+    with pytest.raises(FloatingPointError, match="the batch is finite but the weights are not"):
+        model.training_step(Pair(torch.randn(8, 2), x1), 0)
+    torch.set_default_dtype(torch.float16)  # as Lightning's 16-true precision sets it around each step
+    try:
+        with pytest.raises(FloatingPointError, match=r"float16 \(precision 16-true\), where AdamW's eps underflows"):
+            model.half().training_step(Pair(torch.randn(8, 2).half(), x1.half()), 0)
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_float64_data_trains_in_the_modules_dtype():

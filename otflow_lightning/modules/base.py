@@ -369,7 +369,15 @@ class OneStepModule(pl.LightningModule):
         loss, logs = self.loss(pair)
         if not torch.isfinite(loss):
             bad = [name for name in ("x0", "x1") if not torch.isfinite(getattr(pair, name)).all()]
-            cause = f"the batch's {' and '.join(bad)} hold NaN/Inf; check the data" if bad else "the batch is finite: lower lr"
+            if bad:
+                cause = f"the batch's {' and '.join(bad)} hold NaN/Inf; check the data"
+            elif self.dtype == torch.float16:
+                cause = ("the weights are float16 (precision 16-true), where AdamW's eps underflows and the first "
+                         "updates overflow; train with precision bf16-mixed, 16-mixed, bf16-true or 32")
+            elif not all(torch.isfinite(p).all() for p in self.parameters()):
+                cause = "the batch is finite but the weights are not (the previous update diverged): lower lr"
+            else:
+                cause = "the batch and the weights are finite: lower lr"
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}: {cause}")
         n = len(pair)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
