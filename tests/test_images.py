@@ -138,6 +138,36 @@ def test_translation_draws_source_from_the_other_dataset(tmp_path):
     torch.testing.assert_close(val.x0[0], DigitsDataset("test").images[0])
 
 
+def test_image_folder_skips_hidden_files_reads_16_bit_and_names_a_bad_file(tmp_path):
+    for cls, value in (("cats", 0), ("dogs", 255)):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(tmp_path / cls / "a.png")
+    (tmp_path / "cats" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not images
+    (tmp_path / "__MACOSX" / "cats").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cats" / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    ds = ImageFolderDataset(str(tmp_path), size=8)
+    assert ds.classes == ["cats", "dogs"] and len(ds) == 2
+    # 16-bit grayscale keeps its range (convert() alone clips every pixel above 255 to white)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(np.array([[0, 65535], [32768, 16384]], dtype=np.uint16)).save(deep / "x.png")
+    assert Image.open(deep / "x.png").mode.startswith("I;16")
+    x, _ = ImageFolderDataset(str(deep), size=2, channels=1)[0]
+    torch.testing.assert_close(x[0], torch.tensor([[-1.0, 1.0], [128 / 127.5 - 1, 64 / 127.5 - 1]]))
+    # a truncated file names itself
+    bad = tmp_path / "cut"
+    bad.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(bad / "a.png")
+    (bad / "b.png").write_bytes((bad / "a.png").read_bytes()[:300])
+    with pytest.raises(OSError, match=r"cannot read image .*b\.png: .*remove or re-save it"):
+        ImageFolderDataset(str(bad), size=8)[1]
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(floats / "f.tif")
+    with pytest.raises(ValueError, match=r"f\.tif is a 32-bit float image .*convert the folder to 8- or 16-bit"):
+        ImageFolderDataset(str(floats), size=4, channels=1)
+
+
 def _flat_folder(root: Path, n: int = 6) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -157,11 +157,18 @@ class CIFAR10Dataset(_TensorImages):
         self.hflip = hflip
 
 
+def _hidden(parts: tuple[str, ...]) -> bool:
+    """A path under a folder or with a name that no image set means: dotfiles (macOS' ``._name.png``) and ``__MACOSX``."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
 class ImageFolderDataset(Dataset):
     """Every image file under ``root``, centre-cropped to a square and resized to ``size``.
 
     Args:
-        root: folder searched recursively for ``.png``, ``.jpg``, ... files.
+        root: folder searched recursively for ``.png``, ``.jpg``, ... files (not hidden files or
+            folders, nor ``__MACOSX``). 8-bit images, and 16-bit grayscale scaled to 8 bits; 32-bit
+            integer or float images are refused.
         size: output side in pixels.
         channels: 3 (RGB) or 1 (grayscale).
         hflip: random horizontal flips.
@@ -174,9 +181,13 @@ class ImageFolderDataset(Dataset):
         fix = "set root (data.init_args.root) to the folder of images"
         if not base.is_dir():
             raise FileNotFoundError(f"image folder {os.path.abspath(root)} does not exist; {fix}")
-        self.files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        self.files = sorted(
+            p for p in base.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.relative_to(base).parts)
+        )
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.abspath(root)}; {fix}")
+        self._open(self.files[0]).close()  # an unreadable or unsupported first file fails here, at setup
         tops = [p.relative_to(base).parts for p in self.files]
         self.classes = sorted({t[0] for t in tops}) if all(len(t) > 1 for t in tops) else []
         self.labels = [self.classes.index(t[0]) if self.classes else 0 for t in tops]
@@ -185,10 +196,32 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @staticmethod
+    def _open(path: Path):
+        """The image at ``path`` (PIL, 8 bits a channel; 16-bit grayscale scaled down), or an
+        ``OSError`` naming the file."""
+        from PIL import Image
+
+        try:
+            img = Image.open(path)
+            if img.mode.startswith("I;16"):  # 16-bit grayscale: convert() would clip it to 255
+                img.load()
+                img = Image.fromarray((np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)).round().astype(np.uint8))
+        except OSError as err:
+            raise OSError(f"cannot read image {path}: {err}; remove or re-save it") from err
+        if img.mode in ("I", "F"):
+            raise ValueError(f"{path} is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (mode {img.mode}), "
+                             "whose value range is unknown; convert the folder to 8- or 16-bit images")
+        return img
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from PIL import Image
 
-        with Image.open(self.files[index]) as img:
+        with self._open(self.files[index]) as img:
+            try:
+                img.load()
+            except OSError as err:  # a truncated file reads its header, then fails on the pixels
+                raise OSError(f"cannot read image {self.files[index]}: {err}; remove or re-save it") from err
             img = img.convert(self.mode)
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
