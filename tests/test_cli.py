@@ -34,7 +34,7 @@ def test_toy_fit_end_to_end_w2_drops(in_tmp):
     logged = float(cli.trainer.callback_metrics["val/w2_sq"])
     after = w2_of(cli.model.eval())
     assert before > 5.0  # an untrained map barely moves 8gaussians
-    assert logged < 0.5 and after < 0.5, (logged, after)
+    assert logged < 0.3 and after < 0.3, (logged, after)  # measured 0.18 and 0.17; a flipped JVP sign: 0.63, 0.68
     # coupling statistics are logged: the toy's persistent OT pairing is far cheaper than independent pairs
     g = torch.Generator().manual_seed(5)
     independent = float(pair_cost(sample_toy("8gaussians", 4000, g), sample_toy("moons", 4000, g)).mean())

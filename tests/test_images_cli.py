@@ -67,10 +67,6 @@ def test_digits_config_trains_a_few_steps(tmp_path, config):
 
 
 def test_cifar_nfm_config_fast_dev_run(tmp_path):
-    import otflow_lightning
-
-    if not all(hasattr(otflow_lightning, n) for n in ("OTNeuralFlowMatching", "OnlineCoupling")):
-        pytest.skip("OT-NFM and the online coupling are not in this build")
     write_cifar(tmp_path / "data", per_batch=4)
     cli = main(args=[
         "fit", "--config", str(cpu_config("cifar_nfm.yaml", tmp_path)), *CPU,

@@ -1,3 +1,4 @@
+import copy
 import os
 import warnings
 
@@ -108,6 +109,28 @@ def test_flow_matching_warmup_draws_only_e_equal_t_until_its_last_step():
         assert abs((e != t).float().mean().item() - share) < 0.03, step
 
 
+class OffsetVelocity(StraightLineVelocity):
+    """The straight-line average velocity plus a constant ``delta``: every row's error is ``|delta|^2``."""
+
+    def __init__(self, A, b, delta):
+        super().__init__(A, b)
+        self.delta = delta
+
+    def forward(self, z, t, h):
+        return super().forward(z, t, h) + self.delta
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_the_loss_is_the_adaptively_weighted_error(p):
+    """With the error |delta|^2 in every row, the loss is sg(w) |delta|^2 with w = 1 / (|delta|^2 + c)^p."""
+    A, b, x0, x1 = straight_case()
+    delta = torch.tensor([0.3, -0.4], dtype=torch.float64)  # |delta|^2 = 0.25
+    m = OTMeanFlow(net=OffsetVelocity(A, b, delta), adaptive_p=p, adaptive_c=1e-3).double()
+    loss, logs = m.loss(Pair(x0, x1))
+    assert loss.item() == pytest.approx(0.25 / (0.25 + 1e-3) ** p, rel=1e-6)
+    assert logs["mse"].item() == pytest.approx(0.25 / 2, rel=1e-6)
+
+
 def test_adaptive_weight():
     m = OTMeanFlow(adaptive_p=1.0, adaptive_c=1e-3)
     err = torch.tensor([0.0, 1.0, 9.0])
@@ -124,6 +147,17 @@ def test_bad_arguments():
         OTMeanFlow(source="8gaussians", data_shape=(3, 8, 8), net=nn.Identity())
     with pytest.raises(ValueError, match="steps=0"):
         OTMeanFlow().sample(torch.zeros(3, 2), steps=0)
+    for kwargs, message in [
+        (dict(data_shape=2), r"data_shape must be a list of positive sizes.* got 2"),
+        (dict(data_shape=[0]), "data_shape must be a list of positive sizes"),
+        (dict(lr=-1e-3), "lr must be > 0"),
+        (dict(betas=(0.9,)), r"betas must be two numbers in \[0, 1\)"),
+        (dict(warmup_steps=-5), "warmup_steps >= 0"),
+        (dict(time_std=0.0), "time_std must be > 0"),
+        (dict(num_classes=3, guidance_scale=0.0), "guidance_scale must be > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            OTMeanFlow(**kwargs)
 
 
 @pytest.mark.parametrize("module", ["mf", "nfm"])
@@ -319,3 +353,59 @@ class LazyNet(nn.Module):
 
     def forward(self, z, t, h):
         return self.layer(torch.cat([z, t[:, None], h[:, None]], 1))
+
+
+# ---------------------------------------------------------------- a curved flow, and the two-pass JVP
+SPIRAL = torch.tensor([[0.0, -2.0], [2.0, -0.5]], dtype=torch.float64)  # dz/dt = SPIRAL z: spiralling, curved paths
+
+
+class ExactAverageVelocity(nn.Module):
+    """u(z, t, h) = (exp(SPIRAL h) - I) z / h (h -> 0: SPIRAL z): the exact average velocity of dz/dt = SPIRAL z."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, z, t, h):
+        hs = h.clamp_min(1e-12)[:, None, None]
+        M = (torch.linalg.matrix_exp(SPIRAL * hs) - torch.eye(2, dtype=z.dtype)) / hs
+        return torch.einsum("nij,nj->ni", M, z) + 0 * self.dummy
+
+
+def test_meanflow_target_is_the_exact_average_velocity_of_a_curved_flow():
+    g = torch.Generator().manual_seed(0)
+    m = OTMeanFlow(net=ExactAverageVelocity()).double()
+    z = torch.randn(32, 2, generator=g, dtype=torch.float64)
+    t = 0.5 * torch.rand(32, generator=g, dtype=torch.float64)
+    e = t + 0.1 + 0.4 * torch.rand(32, generator=g, dtype=torch.float64)
+    u, target = m.meanflow_target(z, t, e, z @ SPIRAL.T)  # v = A z: the true instantaneous velocity
+    assert (u - z @ SPIRAL.T).abs().max() > 0.1  # u != v: the JVP term matters here
+    torch.testing.assert_close(target, u, rtol=1e-9, atol=1e-9)
+    # and sample() follows the flow: z_1 = exp(SPIRAL) z_0, in one step and in several
+    x0 = torch.randn(16, 2, generator=g, dtype=torch.float64)
+    for steps in (1, 3):
+        torch.testing.assert_close(m.sample(x0, steps=steps), x0 @ torch.linalg.matrix_exp(SPIRAL).T, rtol=1e-9, atol=1e-9)
+
+
+def test_jvp_no_grad_matches_the_single_jvp_path_with_dropout():
+    torch.manual_seed(0)
+    net = TimeMLP(2, 32, 2, 2).double()
+    net.layers.insert(1, nn.Dropout(0.3))  # dropout in train mode: both passes must draw the same mask
+    a = OTMeanFlow(net=net).double().train()
+    b = OTMeanFlow(net=copy.deepcopy(net), jvp_no_grad=True).double().train()
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(64, 2, generator=g, dtype=torch.float64), torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = 0.5 * torch.rand(64, generator=g, dtype=torch.float64)
+    e = t + 0.5 * torch.rand(64, generator=g, dtype=torch.float64)
+    torch.manual_seed(7)
+    ua, ta = a.meanflow_target(z, t, e, v)
+    torch.manual_seed(7)
+    ub, tb = b.meanflow_target(z, t, e, v)
+    torch.testing.assert_close(ub, ua, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tb, ta, rtol=1e-12, atol=1e-12)
+    assert not ta.requires_grad and not tb.requires_grad  # stop-gradient on the target
+    assert (ta - v).abs().max() > 1e-3  # the JVP term is not trivially zero
+    (ua - ta).square().sum().backward()
+    (ub - tb).square().sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-10, atol=1e-12)

@@ -2,7 +2,6 @@
 
 import itertools
 import os
-import tempfile
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -12,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
+from conftest import CONFIGS
 from otflow_lightning import OnlineCoupling, OTMeanFlow, OTNeuralFlowMatching, OTPairDataModule
 from otflow_lightning.data import sample_toy
 
@@ -83,23 +83,23 @@ def _trainer(tmp, steps, **kwargs):
     )
 
 
-def test_bank_is_checkpointed_and_restored_on_resume():
-    with tempfile.TemporaryDirectory() as tmp:
-        pl.seed_everything(0)
-        data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
-        model = OTMeanFlow(source="8gaussians")  # the online coupling serves OT-MF as well
-        fresh = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
-        fresh.setup("fit")
-        trainer = _trainer(tmp, 5)
-        trainer.fit(model, data)
-        trained_bank = data.online.bank.clone()
-        assert not torch.equal(trained_bank, fresh.online.bank)  # training rewrote it
-        ckpt = os.path.join(tmp, "last.ckpt")
-        trainer.save_checkpoint(ckpt)
-        # resume: a new DataModule starts from a fresh bank and must get the trained one back
-        resumed = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
-        _trainer(tmp, 5).fit(OTMeanFlow(source="8gaussians"), resumed, ckpt_path=ckpt)
-        assert torch.equal(resumed.online.bank, trained_bank)
+def test_bank_is_checkpointed_and_restored_on_resume(tmp_path):
+    tmp = str(tmp_path)
+    pl.seed_everything(0)
+    data = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+    model = OTMeanFlow(source="8gaussians")  # the online coupling serves OT-MF as well
+    fresh = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+    fresh.setup("fit")
+    trainer = _trainer(tmp, 5)
+    trainer.fit(model, data)
+    trained_bank = data.online.bank.clone()
+    assert not torch.equal(trained_bank, fresh.online.bank)  # training rewrote it
+    ckpt = os.path.join(tmp, "last.ckpt")
+    trainer.save_checkpoint(ckpt)
+    # resume: a new DataModule starts from a fresh bank and must get the trained one back
+    resumed = OTPairDataModule("moons", "8gaussians", coupling="online", batch_size=64, toy_size=1000, seed=0)
+    _trainer(tmp, 5).fit(OTMeanFlow(source="8gaussians"), resumed, ckpt_path=ckpt)
+    assert torch.equal(resumed.online.bank, trained_bank)
 
 
 def _ddp_worker(rank, world, init_file, out):
@@ -116,25 +116,25 @@ def _ddp_worker(rank, world, init_file, out):
     dist.destroy_process_group()
 
 
-def test_ranks_never_disagree_under_ddp():
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        bank0, bank1 = (torch.load(os.path.join(tmp, f"bank{r}.pt")) for r in range(2))
-        assert torch.equal(bank0, bank1)
-        assert not torch.equal(bank0, bound(200, num_noises=2).bank)  # and both applied the updates
+def test_ranks_never_disagree_under_ddp(tmp_path):
+    tmp = str(tmp_path)
+    mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+    bank0, bank1 = (torch.load(os.path.join(tmp, f"bank{r}.pt")) for r in range(2))
+    assert torch.equal(bank0, bank1)
+    assert not torch.equal(bank0, bound(200, num_noises=2).bank)  # and both applied the updates
 
 
-def test_cli_config_selects_online_coupling():
+def test_cli_config_selects_online_coupling(tmp_path):
     from otflow_lightning.cli import main
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cli = main(
-            ["--config", "configs/toy_nfm_online.yaml", "--trainer.default_root_dir", tmp, "--data.init_args.toy_size", "2000"],
-            run=False,
-        )
-        assert isinstance(cli.datamodule.online, OnlineCoupling)
-        assert isinstance(cli.model, OTNeuralFlowMatching)
-        assert cli.model.supported_steps == (1,)
+    tmp = str(tmp_path)
+    cli = main(
+        ["--config", os.path.join(CONFIGS, "toy_nfm_online.yaml"), "--trainer.default_root_dir", tmp, "--data.init_args.toy_size", "2000"],
+        run=False,
+    )
+    assert isinstance(cli.datamodule.online, OnlineCoupling)
+    assert isinstance(cli.model, OTNeuralFlowMatching)
+    assert cli.model.supported_steps == (1,)
 
 
 def sorted_rows(x):
@@ -177,10 +177,10 @@ def _global_worker(rank, world, init_file, out):
     dist.destroy_process_group()
 
 
-def test_global_online_coupling_solves_the_world_batch_once():
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_global_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        r0, r1 = (torch.load(os.path.join(tmp, f"global{r}.pt")) for r in range(2))
+def test_global_online_coupling_solves_the_world_batch_once(tmp_path):
+    tmp = str(tmp_path)
+    mp.spawn(_global_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+    r0, r1 = (torch.load(os.path.join(tmp, f"global{r}.pt")) for r in range(2))
     assert torch.equal(r0["bank"], r1["bank"])
     # the same as one process matching the world batch (both ranks' indices, in rank order)
     data = sample_toy("moons", 200, torch.Generator().manual_seed(1))

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from otflow_lightning.data import OTPairDataModule
-from otflow_lightning.ot import OTCoupler
+from otflow_lightning.ot import OTCoupler, pair_cost
 
 
 def training_batch(dm, n=64, seed=0):
@@ -28,7 +28,8 @@ def test_conditional_pairs_share_labels(global_coupling):
     plain = OTPairDataModule(data, coupling="exact", batch_size=64, seed=0)
     _, _, unconditional = training_batch(plain)
     assert torch.equal(unconditional.x0, pair.x0)  # same noise; conditional pays a higher cost to keep labels
-    assert pair.stats["coupling/cost"] >= unconditional.stats["coupling/cost"] - 1e-9
+    assert pair.stats["coupling/cost"] > 1.05 * unconditional.stats["coupling/cost"]  # measured 60.3 vs 52.7
+    assert pair_cost(pair.x0, pair.x1).mean() < pair_cost(pair.x0, x).mean()  # and still paired by OT
     assert {"coupling/cost_ratio", "coupling/ms"} <= pair.stats.keys()
 
 

@@ -83,10 +83,11 @@ def test_prefetched_pairs_are_identical(case):
 
 
 def test_resume_from_checkpoint_gives_the_same_pairs(tmp_path):
-    runs = {}
+    runs, first = {}, {}
     for prefetch in (False, True):
         make = lambda: OTPairDataModule(**TOY, batch_size=64, seed=0, prefetch_coupling=prefetch)
-        trainer = fit(make(), Recorder(), max_steps=6, root=tmp_path)
+        first[prefetch] = Recorder()
+        trainer = fit(make(), first[prefetch], max_steps=6, root=tmp_path)
         path = tmp_path / f"prefetch{prefetch}.ckpt"
         trainer.save_checkpoint(path)
         resumed = Recorder()
@@ -94,6 +95,8 @@ def test_resume_from_checkpoint_gives_the_same_pairs(tmp_path):
         runs[prefetch] = resumed.pairs
     assert len(runs[True]) == 4
     assert_same_pairs(runs[False], runs[True])
+    # the source generator is keyed by the step: the resumed run draws fresh noise, not step 0's again
+    assert not any(torch.equal(runs[True][0].x0, pair.x0) for pair in first[True].pairs)
 
 
 class SignallingCoupler(OTCoupler):

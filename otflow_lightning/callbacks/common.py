@@ -56,8 +56,9 @@ def check_protocol(module: pl.LightningModule) -> tuple[str, tuple[int, ...]]:
     return getattr(module, "source", "gaussian"), tuple(int(s) for s in shape)
 
 
-def eval_steps(module: pl.LightningModule, steps: Sequence[int] | None) -> list[int]:
-    """Step counts to evaluate: ``steps``, else the module's ``supported_steps``, else ``[1]``.
+def eval_steps(module: pl.LightningModule, steps: Sequence[int] | int | None) -> list[int]:
+    """Step counts to evaluate: ``steps`` (one count or several), else the module's
+    ``supported_steps``, else ``[1]``.
 
     Raises:
         ValueError: a requested count is not in the module's ``supported_steps``.
@@ -65,7 +66,7 @@ def eval_steps(module: pl.LightningModule, steps: Sequence[int] | None) -> list[
     supported = getattr(module, "supported_steps", None)
     if steps is None:
         return [1] if supported is None else sorted(set(int(s) for s in supported))
-    steps = [int(s) for s in steps]
+    steps = [int(s) for s in ([steps] if isinstance(steps, int) else steps)]
     bad = [s for s in steps if s < 1 or (supported is not None and s not in supported)]
     if bad:
         allowed = "positive integers" if supported is None else sorted(supported)

@@ -60,7 +60,7 @@ class FIDCallback(EvalCallback):
             (tensors or ``(tensor, label)``; no random augmentation).
         n_samples: generated images per evaluation.
         n_real: real images (default the whole dataset; fewer: a fixed random subset drawn with ``seed``).
-        steps: step counts; default the module's ``supported_steps``, or ``[1]``.
+        steps: step count(s) to evaluate; default the module's ``supported_steps``, or ``[1]``.
         feature: Inception feature size (64, 192, 768, 2048) or a custom feature module.
         weights_path: Inception weights file (default: the torch hub cache).
         antialias: torchmetrics' antialiased resize (``False`` matches the literature).
@@ -78,7 +78,7 @@ class FIDCallback(EvalCallback):
         real: str | Dataset = "train",
         n_samples: int = 10_000,
         n_real: int | None = None,
-        steps: Sequence[int] | None = None,
+        steps: Sequence[int] | int | None = None,
         feature: int | nn.Module = 2048,
         weights_path: str | None = None,
         antialias: bool = False,
@@ -92,6 +92,9 @@ class FIDCallback(EvalCallback):
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps)
         check_real_args(real, n_samples, n_real, "FIDCallback")
+        if not isinstance(feature, nn.Module) and feature not in (64, 192, 768, 2048):
+            raise ValueError(f"FIDCallback: feature={feature!r}; give an Inception feature size (64, 192, 768, 2048) "
+                             "or a feature module (uint8 images (n, *data_shape) -> features (n, d))")
         self.real, self.n_samples, self.n_real, self.steps = real, n_samples, n_real, steps
         self.feature, self.weights_path, self.antialias = feature, weights_path, antialias
         self.batch_size, self.dataset_name, self.seed, self.name = batch_size, dataset_name, seed, name

@@ -88,7 +88,7 @@ class SamplingCallback(EvalCallback):
     Args:
         n_samples: points or images to generate; default 2000 points, or 64 images
             (``num_classes ** 2``, at most 100, for a class-conditional module).
-        steps: step counts; default the module's ``supported_steps``, or ``[1]``.
+        steps: step count(s) to evaluate; default the module's ``supported_steps``, or ``[1]``.
         seed: seed of the fixed source batch.
         every_n_epochs: render every this many validation runs (default every run).
         every_n_steps: instead, render when at least this many training steps have passed.
@@ -97,7 +97,7 @@ class SamplingCallback(EvalCallback):
     def __init__(
         self,
         n_samples: int | None = None,
-        steps: Sequence[int] | None = None,
+        steps: Sequence[int] | int | None = None,
         seed: int = 4321,
         every_n_epochs: int | None = None,
         every_n_steps: int | None = None,

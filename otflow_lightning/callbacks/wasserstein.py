@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -39,7 +40,7 @@ class WassersteinCallback(EvalCallback):
         n_samples: generated samples.
         n_real: real samples (default ``n_samples``; at most the dataset's size).
         method: ``auto``, ``exact`` or ``sliced``.
-        steps: step counts; default the module's ``supported_steps``, or ``[1]``.
+        steps: step count(s) to evaluate; default the module's ``supported_steps``, or ``[1]``.
         real: ``"val"`` / ``"train"`` (the trainer's loader's dataset) or a ``Dataset``.
         n_projections: directions of the sliced estimate.
         batch_size: generation and reading batch.
@@ -55,7 +56,7 @@ class WassersteinCallback(EvalCallback):
         n_samples: int = 2000,
         n_real: int | None = None,
         method: str = "auto",
-        steps: Sequence[int] | None = None,
+        steps: Sequence[int] | int | None = None,
         real: str | Dataset = "val",
         n_projections: int = 256,
         batch_size: int = 1000,
@@ -68,6 +69,11 @@ class WassersteinCallback(EvalCallback):
         if method not in ("auto", "exact", "sliced"):
             raise ValueError(f"method={method!r}: choose 'auto', 'exact' or 'sliced'")
         check_real_args(real, n_samples, n_real, "WassersteinCallback")
+        if method == "exact" and max(n_samples, n_real or n_samples) > 10_000:
+            size = max(n_samples, n_real or n_samples)
+            rank_zero_warn(f"WassersteinCallback(method='exact', {size} samples) solves a {size} x {size} network "
+                           f"simplex at every evaluation ({8 * size**2 / 1e9:.1f} GB of float64 cost, hours of CPU); "
+                           "use method='sliced', or 'auto' (exact up to 5000 points of vectors)")
         self.n_samples, self.n_real, self.method, self.steps, self.real = n_samples, n_real or n_samples, method, steps, real
         self.n_projections, self.batch_size, self.seed, self.name = n_projections, batch_size, seed, name
         self._real_shard: list[Tensor] | None = None

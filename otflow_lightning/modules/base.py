@@ -25,10 +25,12 @@ TIME_DISTS = ("logit_normal", "uniform")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def check_time_dist(time_dist: str) -> None:
-    """Raise ``ValueError`` unless ``time_dist`` is a known time distribution."""
+def check_time_dist(time_dist: str, time_std: float = 1.0) -> None:
+    """Raise ``ValueError`` unless ``time_dist`` is a known time distribution and ``time_std > 0``."""
     if time_dist not in TIME_DISTS:
         raise ValueError(f"time_dist must be one of {TIME_DISTS}, got {time_dist!r}")
+    if not time_std > 0:
+        raise ValueError(f"time_std must be > 0, got {time_std}")
 
 
 def draw_times(shape: tuple[int, ...], time_dist: str, mean: float, std: float, generator, device) -> Tensor:
@@ -57,8 +59,16 @@ def check_net_output(out: Tensor, x: Tensor) -> None:
                          "output must have the input's shape (n, *data_shape)")
 
 
+def check_data_shape(data_shape: Sequence[int]) -> None:
+    """``ValueError`` unless ``data_shape`` is a sequence of positive sizes."""
+    if isinstance(data_shape, (int, str)) or not all(isinstance(s, numbers.Integral) and s >= 1 for s in data_shape):
+        raise ValueError(f"data_shape must be a list of positive sizes, one sample's shape (e.g. [2] or [3, 32, 32]), "
+                         f"got {data_shape!r}")
+
+
 def check_vector_data(data_shape: Sequence[int], net_hint: str) -> None:
     """The default nets are vector MLPs: raise ``ValueError`` for image-shaped ``data_shape`` without a net."""
+    check_data_shape(data_shape)
     if len(data_shape) != 1:
         raise ValueError(f"data_shape={tuple(data_shape)} needs a net (the default TimeMLP takes vectors); pass net={net_hint}")
 
@@ -169,6 +179,13 @@ class OneStepModule(pl.LightningModule):
         guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        check_data_shape(data_shape)
+        if not lr > 0 or not weight_decay >= 0 or warmup_steps < 0:
+            raise ValueError(f"lr must be > 0, weight_decay >= 0 and warmup_steps >= 0; got {lr}, {weight_decay}, {warmup_steps}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {betas!r}")
+        if not guidance_scale > 0:
+            raise ValueError(f"guidance_scale must be > 0 (1: no guidance), got {guidance_scale}")
         check_source(source, data_shape)
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")

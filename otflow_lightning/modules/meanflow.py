@@ -114,7 +114,7 @@ class OTMeanFlow(OneStepModule):
         guidance_scale: float = 1.0,
         guidance_kappa: float = 0.0,
     ) -> None:
-        check_time_dist(time_dist)
+        check_time_dist(time_dist, time_std)
         if not 0.0 <= interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in [0, 1], got {interval_fraction}")
         if not 0.0 <= guidance_kappa < 1.0 or (guidance_kappa and (num_classes is None or label_dropout == 0.0)):

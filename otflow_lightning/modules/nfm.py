@@ -96,7 +96,7 @@ class OTNeuralFlowMatching(OneStepModule):
         label_dropout: float = 0.1,
         guidance_scale: float = 1.0,
     ) -> None:
-        check_time_dist(time_dist)
+        check_time_dist(time_dist, time_std)
         if endpoint_weight < 0:
             raise ValueError(f"endpoint_weight must be >= 0, got {endpoint_weight}")
         if net is None:

@@ -132,6 +132,9 @@ class Coupling:
 
 def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | None = None) -> None:
     """Raise ``ValueError`` naming the argument for empty, mismatched or non-finite batches."""
+    for name, t in (("x0", x0), ("x1", x1), ("c0", c0), ("c1", c1)):
+        if t is not None and not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}; convert it with torch.as_tensor")
     if x0.ndim == 0 or x1.ndim == 0 or x0.shape[0] == 0 or x1.shape[0] == 0:
         raise ValueError(f"empty batch: x0 has shape {tuple(x0.shape)}, x1 has shape {tuple(x1.shape)}")
     if x0.shape != x1.shape:
