@@ -324,6 +324,29 @@ def test_an_unknown_real_set_or_too_few_samples_is_an_error_when_the_callback_is
         callback(n_samples=1)
 
 
+def test_fid_feature_mistakes_are_named_when_the_metric_is_built():
+    with pytest.raises(ValueError, match=r"feature=100; give an Inception feature size \(64, 192, 768, 2048\)"):
+        FIDCallback(feature=100)
+
+    class FloatOnly(nn.Module):  # forgets that it receives uint8 images
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.layer(x.flatten(1))
+
+    class Unflattened(nn.Module):  # a backbone's (n, d, 1, 1) output
+        def forward(self, x):
+            return x.float().mean((2, 3), keepdim=True)
+
+    with pytest.raises(ValueError, match=r"FloatOnly fails on uint8 images of shape \(n, 1, 8, 8\).*x\.float\(\) / 255"):
+        build_fid(FloatOnly(), input_shape=SHAPE)
+    with pytest.raises(ValueError, match=r"Unflattened must return float features \(n, d\), got \(2, 1, 1, 1\)"):
+        build_fid(Unflattened(), input_shape=SHAPE)
+    build_fid(PixelFeatures(), input_shape=SHAPE)
+
+
 class DictPointModule(PointModule):
     """A module from outside the library whose validation batches are dicts."""
 

@@ -141,6 +141,34 @@ def test_data_that_would_train_silently_wrong_is_refused():
         first_batch(dm, dm.train_dataloader())
 
 
+def test_validation_and_numpy_data_mistakes_name_the_set():
+    import numpy as np
+    from torch.utils.data import TensorDataset
+
+    labelled = TensorDataset(torch.randn(16, 2), torch.arange(16) % 2)
+    with pytest.raises(ValueError, match="conditional=True but val_target items have no labels"):
+        OTPairDataModule(labelled, val_target=TensorDataset(torch.randn(8, 2)), conditional=True).setup("fit")
+    bad_val = torch.randn(8, 2)
+    bad_val[1, 0] = float("inf")
+    dm = OTPairDataModule(labelled, val_target=TensorDataset(bad_val), batch_size=8, seed=0)
+    dm.trainer = fake_trainer(training=False)
+    with pytest.raises(ValueError, match=r"validation \(val_target\) batch: x1 \(target\) holds NaN or Inf"):
+        first_batch(dm, dm.val_dataloader())
+
+    class NumpyPoints(Dataset):  # items as numpy arrays: the DataLoader collates them to tensors
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return np.full(2, i, dtype=np.float32), i % 2
+
+    dm = OTPairDataModule(NumpyPoints(), batch_size=8, seed=0)
+    assert dm.data_shape == (2,)
+    dm.trainer = fake_trainer()
+    pair = first_batch(dm, dm.train_dataloader())
+    assert pair.x1.shape == (8, 2) and torch.equal(pair.labels, pair.x1[:, 0].long() % 2)
+
+
 def test_online_bank_of_another_training_set_is_refused_on_resume():
     saved = OTPairDataModule(coupling="online", toy_size=4096, seed=0)
     saved.setup("fit")

@@ -71,6 +71,11 @@ def test_cifar_pickles_load_in_order(tmp_path):
     x, _ = train[1]
     expected = torch.from_numpy(first[1].reshape(3, 32, 32)).float() / 127.5 - 1
     torch.testing.assert_close(x, expected)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:500])  # an interrupted extraction
+    with pytest.raises(ValueError, match=r"data_batch_3 is unreadable .* delete .*cifar-10-batches-py and run again "
+                                         r"with download=True"):
+        CIFAR10Dataset(str(tmp_path))
 
 
 def test_mnist_idx_files_load_through_torchvision(tmp_path):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 import torch
 from torch import Tensor
@@ -75,10 +76,13 @@ def _indexed(batch: Any) -> tuple[Tensor, Any]:
 def _split_item(item: Any, name: str = "target") -> tuple[Tensor, Tensor | None]:
     """A collated dataset item is ``x`` or ``(x, y, ...)``: return ``(x, y or None)``; ``name``: the
     data module argument the item comes from, for the error."""
+    if isinstance(item, np.ndarray):  # a raw item of a numpy dataset (the DataLoader collates them to tensors)
+        return torch.as_tensor(item), None
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], (Tensor, np.ndarray)):
+        label = item[1] if len(item) > 1 and isinstance(item[1], (Tensor, np.ndarray, int, np.integer)) else None
+        return torch.as_tensor(item[0]), None if label is None else torch.as_tensor(label)
     if isinstance(item, Tensor):
         return item, None
-    if isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
-        return item[0], (item[1] if len(item) > 1 and isinstance(item[1], Tensor) else None)
     raise TypeError(f"{name} items must be a tensor or a (tensor, label) tuple, got {type(item).__name__}; "
                     "wrap the dataset so that __getitem__ returns one")
 
@@ -273,10 +277,13 @@ class OTPairDataModule(pl.LightningDataModule):
             raise ValueError("conditional=True needs labels, but the image folder is flat (every label 0): put the "
                              "images in one subfolder per class")
         if self.val_target is not None and len(self.val_target) and len(self._train):
-            val_shape = tuple(_split_item(self.val_target[0], "val_target")[0].shape)
-            if val_shape != self.data_shape:
-                raise ValueError(f"val_target items have shape {val_shape} but the training data have {self.data_shape}; "
-                                 "give a val_target of the training data's shape")
+            val_x, val_label = _split_item(self.val_target[0], "val_target")
+            if tuple(val_x.shape) != self.data_shape:
+                raise ValueError(f"val_target items have shape {tuple(val_x.shape)} but the training data have "
+                                 f"{self.data_shape}; give a val_target of the training data's shape")
+            if self.conditional and val_label is None:
+                raise ValueError("conditional=True but val_target items have no labels: give a validation set of "
+                                 "(x, label) items, as the training set")
 
     def _image_splits(self, name: str) -> tuple[Dataset, Dataset | None]:
         """Training and test split of a named image dataset (folders have no test split)."""
@@ -430,7 +437,10 @@ class OTPairDataModule(pl.LightningDataModule):
         else:
             x0 = _split_item(source_item, "source_data")[0].to(x1.dtype)
         if not training or self.global_coupling:  # local training batches: the coupler checks them
-            check_batch(x0, x1)
+            try:
+                check_batch(x0, x1)
+            except ValueError as err:
+                raise ValueError(f"{'training' if training else 'validation (val_target)'} batch: {err}") from None
         if not training:
             return Pair(x0, x1, labels, index)
         c0 = c1 = None

@@ -148,8 +148,12 @@ class CIFAR10Dataset(_TensorImages):
             raise _missing(f"CIFAR-10 ({', '.join(missing)})", folder)
         images, labels = [], []
         for name in names:
-            with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+            try:
+                with open(folder / name, "rb") as f:
+                    batch = pickle.load(f, encoding="latin1")
+            except (pickle.UnpicklingError, EOFError, ValueError) as err:
+                raise ValueError(f"{folder / name} is unreadable ({err}); delete {folder} and run again with "
+                                 "download=True") from err
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(batch["labels"])
         self.images = torch.from_numpy(np.concatenate(images))

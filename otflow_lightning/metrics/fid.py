@@ -85,6 +85,23 @@ class CachedRealFID(FrechetInceptionDistance):
         return fid.to(getattr(self, "orig_dtype", torch.float32))
 
 
+def check_feature_module(feature: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """``ValueError`` unless ``feature`` maps two uint8 images ``(2, *input_shape)`` to float features ``(2, d)``."""
+    param = next(feature.parameters(), None)
+    images = torch.zeros(2, *input_shape, dtype=torch.uint8, device=None if param is None else param.device)
+    name = type(feature).__name__
+    try:
+        with torch.no_grad():
+            out = feature(images)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"the FID feature module {name} fails on uint8 images of shape (n, {', '.join(map(str, input_shape))}): "
+                         f"{err}; it receives uint8 images in [0, 255], so convert inside it (x.float() / 255)") from err
+    if not (torch.is_tensor(out) and out.is_floating_point() and out.ndim == 2 and out.shape[0] == 2):
+        got = f"{tuple(out.shape)} {out.dtype}" if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"the FID feature module {name} must return float features (n, d), got {got}; flatten "
+                         "its output (e.g. end it with nn.Flatten())")
+
+
 def build_fid(
     feature: int | nn.Module = 2048,
     weights_path: str | None = None,
@@ -106,6 +123,7 @@ def build_fid(
         FileNotFoundError: the Inception weights are missing, with how to get them.
     """
     if isinstance(feature, nn.Module):
+        check_feature_module(feature, tuple(input_shape))
         return CachedRealFID(feature, reset_real_features=False, normalize=False, input_img_size=tuple(input_shape))
     path = weights_path or default_inception_path()
     if not os.path.isfile(path):
