@@ -1,4 +1,5 @@
 import types
+import warnings
 
 import pytest
 import torch
@@ -139,6 +140,15 @@ def test_data_that_would_train_silently_wrong_is_refused():
     dm.trainer = fake_trainer()
     with pytest.raises(ValueError, match="target samples must be floating point, got torch.uint8"):
         first_batch(dm, dm.train_dataloader())
+
+
+def test_an_ot_batch_too_small_to_couple_is_warned_about():
+    with pytest.warns(UserWarning, match="an OT batch of 1 samples barely couples anything"):
+        OTPairDataModule(batch_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OTPairDataModule(batch_size=4, coupling="independent")  # nothing to couple: no warning
+        OTPairDataModule(batch_size=4, ot_batch_size=64)  # the match sees 64
 
 
 def test_validation_and_numpy_data_mistakes_name_the_set():

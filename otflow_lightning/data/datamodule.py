@@ -193,6 +193,10 @@ class OTPairDataModule(pl.LightningDataModule):
                 "coupling='online' (its bank pairs every batch) or source_data; unset one of them"
             )
         self.ot_batch_size = ot_batch_size
+        per_match = ot_batch_size or batch_size
+        if per_match < 8 and getattr(coupling, "method", coupling) != "independent":
+            rank_zero_warn(f"an OT batch of {per_match} samples barely couples anything (one sample: the independent "
+                           "pairing); use batch_size (or ot_batch_size) of at least a few dozen")
         self._chunks: list[Pair] = []
         if self.online is not None:
             self.coupler = self.online.coupler
