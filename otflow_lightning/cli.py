@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -40,13 +41,20 @@ def _resolve(class_path: str) -> object:
         return None
 
 
+def _get(node, key: str, default=None):
+    """``node[key]`` of a dict or a jsonargparse Namespace (``default`` for anything else)."""
+    if isinstance(node, dict):
+        return node.get(key, default)
+    return getattr(node, key, default) if hasattr(node, "__dict__") else default
+
+
 def _model_source_given(args) -> str | None:
-    """The model ``source`` given on the command line or in a ``--config`` file, if any (the link from
-    ``data.source`` overwrites it, so it must be caught before parsing)."""
-    if isinstance(args, dict):
-        model = args.get("model", {}) if not args.get("subcommand") else args.get(args["subcommand"], {}).get("model", {})
-        init = model.get("init_args", model) if isinstance(model, dict) else {}
-        return init.get("source") if isinstance(init, dict) else None
+    """The model ``source`` given on the command line, or in a ``--config`` file that does not set the
+    data's ``source`` to the same value (the link from ``data.source`` overwrites it unseen; a config
+    that sets both alike is consistent, and a later ``--data.source`` is meant to change both).
+    Other ways of giving it (``--model`` as YAML, Namespace args) are not inspected."""
+    if not isinstance(args, (list, tuple)):
+        return None
     args, given = [str(a) for a in args], None
     for i, arg in enumerate(args):
         key, eq, value = arg.partition("=")
@@ -58,18 +66,30 @@ def _model_source_given(args) -> str | None:
                 config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
             except (OSError, yaml.YAMLError):
                 config = None  # jsonargparse reports it
-            model = config.get("model") if isinstance(config, dict) else None
-            init = model.get("init_args", model) if isinstance(model, dict) else None
-            if isinstance(init, dict) and "source" in init:
-                given = init["source"]
+            if not isinstance(config, dict):
+                continue
+            model, data = (_get(config, k) for k in ("model", "data"))
+            source = _get(_get(model, "init_args", model), "source")
+            if source is not None and source != _get(_get(data, "init_args", data), "source"):
+                given = source
     return given
 
 
 def _newest_last_checkpoint(trainer) -> str | None:
-    """The most recently written ``last*.ckpt`` under the trainer's ``default_root_dir`` (the working
-    directory by default), or ``None``."""
-    root = Path(getattr(trainer, "default_root_dir", None) or os.getcwd())
-    found = [p for p in root.rglob("last*.ckpt") if p.is_file()]
+    """The newest ``last*.ckpt`` of the default checkpoint layout, ``<root>/<logger name>/version_*/
+    checkpoints/`` (and ``<root>/checkpoints/`` without a logger), where ``root`` is the logger's
+    ``save_dir`` or the trainer's ``default_root_dir`` (the working directory by default). ``None``
+    where a ``ModelCheckpoint`` has its own ``dirpath`` (Lightning resolves "last" there itself)
+    or no such file exists."""
+    callbacks = _get(trainer, "callbacks") or []
+    if any(_get(_get(cb, "init_args"), "dirpath") for cb in (callbacks if isinstance(callbacks, list) else [callbacks])):
+        return None
+    roots = {Path(_get(trainer, "default_root_dir") or os.getcwd())}
+    save_dir = _get(_get(_get(trainer, "logger"), "init_args"), "save_dir")
+    if save_dir:
+        roots.add(Path(save_dir))
+    found = [p for root in roots for pattern in ("checkpoints/last*.ckpt", "*/version_*/checkpoints/last*.ckpt")
+             for p in root.glob(pattern) if p.is_file()]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
@@ -106,10 +126,12 @@ class OTFlowCLI(LightningCLI):
             raise root from None
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI's, plus: a checkpoint saved outside the CLI (a module built in Python) has no
-        ``_class_path`` among its hyperparameters, so they are read as the init args of the
-        config's model class (LightningCLI fails on them); and the warning on replaced settings. The
-        rest follows LightningCLI's method (Lightning 2.6) step for step."""
+        """LightningCLI's method (Lightning 2.6), with these additions: ``last`` resolves to the
+        newest last checkpoint of the default layout (:func:`_newest_last_checkpoint`); a folder, an
+        unreadable file or a checkpoint of another model class is refused; a checkpoint saved
+        outside the CLI (a module built in Python) has no ``_class_path`` among its
+        hyperparameters, so they are read as the init args of the config's model class
+        (LightningCLI fails on them); and a warning names the settings the checkpoint replaces."""
         sub = self.config.get("subcommand")
         model = self.config[sub].get("model") if sub else None
         before = _flat(model.as_dict()) if hasattr(model, "as_dict") else None
@@ -132,16 +154,22 @@ class OTFlowCLI(LightningCLI):
             return
         try:
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        except Exception as err:  # truncated (a job killed while saving), or not a checkpoint
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({first}); it may be "
-                             "truncated: give an earlier checkpoint of the run") from None
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            if "Weights only load failed" in str(err):
+                raise  # torch's message names the type to allow
+            raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: "
+                             f"{str(err).strip().splitlines()[0] if str(err).strip() else 'empty'}): a truncated "
+                             "file (a job killed while saving) or not a torch file; give an earlier checkpoint of "
+                             "the run") from None
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         saved_class = hparams.get("_class_path")
         config_class = getattr(model, "class_path", None)
-        if saved_class and config_class and _resolve(saved_class) is not _resolve(config_class):
+        saved, configured = _resolve(saved_class or ""), _resolve(config_class or "")
+        related = isinstance(saved, type) and isinstance(configured, type) and (
+            issubclass(saved, configured) or issubclass(configured, saved))  # a subclass: LightningCLI switches, and warns
+        if saved_class and config_class and not related:
             raise ValueError(f"--ckpt_path {ckpt_path} holds a {saved_class} checkpoint but the config trains "
                              f"{config_class}; give the checkpoint of a {config_class.rsplit('.', 1)[-1]} run, or "
                              f"the config it was trained with (--model {saved_class})")

@@ -73,15 +73,24 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
     x0 = torch.randn(5, 2)
     assert model.sample(x0).shape == (5, 2)
     # "last": each run logs to a new version_N, so it resolves to the newest last checkpoint under the root
-    with pytest.warns(UserWarning, match=r"--ckpt_path last: .*last\.ckpt"):
+    newest = os.path.join(third.trainer.log_dir, "checkpoints", "last.ckpt")  # step 41, the latest written
+    with pytest.warns(UserWarning, match=r"--ckpt_path last: .*") as record:
         fourth = main(["fit", *args, "--trainer.max_steps=45", "--trainer.limit_val_batches=0", "--ckpt_path=last"])
+    said = [str(w.message) for w in record if "--ckpt_path last" in str(w.message)]
+    assert said and said[0].endswith(newest) and fourth.trainer.ckpt_path == newest
     assert fourth.trainer.global_step == 45
+    # a ModelCheckpoint with its own dirpath: Lightning resolves "last" there itself
+    from otflow_lightning.cli import _newest_last_checkpoint
+
+    custom = {"callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ck"}}]}
+    assert _newest_last_checkpoint(custom) is None
+    assert _newest_last_checkpoint({}) == os.path.join(fourth.trainer.log_dir, "checkpoints", "last.ckpt")
     # the wrong file is refused before anything runs: a folder, a truncated file, another module's checkpoint
     with pytest.raises(ValueError, match=r"is a folder; give a checkpoint file in it: .*last\.ckpt"):
         main(["fit", *args, f"--ckpt_path={os.path.dirname(ckpt)}"])
     with open(ckpt, "rb") as f:
         (in_tmp / "cut.ckpt").write_bytes(f.read()[:1000])
-    with pytest.raises(ValueError, match="cut.ckpt is not a readable Lightning checkpoint .* truncated"):
+    with pytest.raises(ValueError, match="cut.ckpt is not a readable checkpoint .* a truncated file"):
         main(["fit", *args, "--ckpt_path=cut.ckpt"])
     with pytest.raises(ValueError, match=r"holds a otflow_lightning\.OTMeanFlow checkpoint but the config trains "
                                          r"otflow_lightning\.OTNeuralFlowMatching"):
@@ -98,6 +107,11 @@ def test_a_model_source_the_data_link_would_replace_is_refused(in_tmp):
     with pytest.raises(ValueError, match="model source 'gaussian' is not used"):
         main(["--config", TOY, "--config", str(config)], run=False)
     assert main(["--config", TOY, "--model.init_args.source", "8gaussians"], run=False).model.source == "8gaussians"
+    # a config that sets both alike, then --data.source: both change (the data's is the one to give)
+    both = in_tmp / "both.yaml"
+    both.write_text("model:\n  init_args:\n    source: 8gaussians\ndata:\n  init_args:\n    source: 8gaussians\n")
+    cli = main(["--config", TOY, "--config", str(both), "--data.source", "gaussian"], run=False)
+    assert cli.model.source == cli.datamodule.source == "gaussian"
 
 
 def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):

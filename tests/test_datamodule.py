@@ -145,10 +145,12 @@ def test_data_that_would_train_silently_wrong_is_refused():
 def test_an_ot_batch_too_small_to_couple_is_warned_about():
     with pytest.warns(UserWarning, match="an OT batch of 1 samples barely couples anything"):
         OTPairDataModule(batch_size=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         OTPairDataModule(batch_size=4, coupling="independent")  # nothing to couple: no warning
         OTPairDataModule(batch_size=4, ot_batch_size=64)  # the match sees 64
+        OTPairDataModule(batch_size=4, global_coupling=True)  # the match sees the world batch
+    assert not [w for w in caught if "barely couples" in str(w.message)]
 
 
 def test_validation_and_numpy_data_mistakes_name_the_set():

@@ -152,7 +152,7 @@ def test_bad_arguments():
         (dict(data_shape=[0]), "data_shape must be a list of positive sizes"),
         (dict(lr=-1e-3), "lr must be > 0"),
         (dict(betas=(0.9,)), r"betas must be two numbers in \[0, 1\)"),
-        (dict(warmup_steps=-5), "warmup_steps >= 0"),
+        (dict(warmup_steps=-5), "warmup_steps must be >= 0, got -5"),
         (dict(time_std=0.0), "time_std must be > 0"),
         (dict(num_classes=3, guidance_scale=0.0), "guidance_scale must be > 0"),
     ]:
@@ -344,6 +344,27 @@ def test_a_net_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"is not a flow map: max \|F\(x, 0\) - x\| = .* wrap it: ResidualFlowMap\(net\)"):
         OTNeuralFlowMatching(net=TimeMLP(dim=2, num_times=1)).check_net()
     OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=1))).check_net()
+    # a subclass of the base from outside the library defines no trial: it trains as before
+    from otflow_lightning import OneStepModule
+
+    class Direct(OneStepModule):
+        def loss(self, pair):
+            return (self.net(pair.x0) - pair.x1).square().mean(), {}
+
+        def sample(self, x0, steps=1, labels=None):
+            return self.net(x0)
+
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(Direct(nn.Linear(2, 2)), OTPairDataModule("moons", batch_size=16))
+    assert trainer.global_step == 2
+    # an error that is not about shapes is the net's own, unchanged
+    class Broken(nn.Module):
+        def forward(self, z, t, h):
+            raise RuntimeError("the net's own failure")
+
+    with pytest.raises(RuntimeError, match="^the net's own failure$"):
+        OTMeanFlow(net=Broken()).check_net()
 
 
 class LazyNet(nn.Module):

@@ -208,6 +208,18 @@ def test_unknown_or_impossible_solver_options_are_refused_when_the_coupler_is_bu
     OTCoupler("lowrank", plan_sampler=True, epsilon=0.0)  # the low-rank solver takes epsilon 0
 
 
+def test_a_registered_solver_takes_its_own_options(monkeypatch):
+    from otflow_lightning.ot.solvers import Solution
+
+    def solve_reversed(cost, x0=None, x1=None, *, flip=True, **options):
+        n = cost.shape[0]
+        return Solution(torch.arange(n).flip(0) if flip else torch.arange(n))
+
+    monkeypatch.setitem(SOLVERS, "reversed", solve_reversed)
+    x0, x1 = clouds(6, 2)
+    assert OTCoupler("reversed", flip=True, anything=1).match(x0, x1).tolist() == [5, 4, 3, 2, 1, 0]
+
+
 @pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
 def test_label_weight_must_be_finite_and_non_negative(weight):
     with pytest.raises(ValueError, match="label_weight must be a finite number >= 0, or None"):

@@ -193,10 +193,6 @@ class OTPairDataModule(pl.LightningDataModule):
                 "coupling='online' (its bank pairs every batch) or source_data; unset one of them"
             )
         self.ot_batch_size = ot_batch_size
-        per_match = ot_batch_size or batch_size
-        if per_match < 8 and getattr(coupling, "method", coupling) != "independent":
-            rank_zero_warn(f"an OT batch of {per_match} samples barely couples anything (one sample: the independent "
-                           "pairing); use batch_size (or ot_batch_size) of at least a few dozen")
         self._chunks: list[Pair] = []
         if self.online is not None:
             self.coupler = self.online.coupler
@@ -207,6 +203,10 @@ class OTPairDataModule(pl.LightningDataModule):
                 self.coupler = OTCoupler(coupling)
             except ValueError as err:  # the data module also takes 'online'
                 raise ValueError(f"coupling: {err}, or 'online' (a persistent OnlineCoupling)") from None
+        per_match = ot_batch_size or batch_size
+        if per_match < 8 and not global_coupling and self.coupler.method != "independent":
+            rank_zero_warn(f"an OT batch of {per_match} samples barely couples anything (one sample: the independent "
+                           "pairing); use batch_size (or ot_batch_size) of at least a few dozen")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_target, self.toy_size, self.val_size, self.seed = val_target, toy_size, val_size, seed
         self.conditional, self.global_coupling = conditional, global_coupling

@@ -214,6 +214,7 @@ class ImageFolderDataset(Dataset):
         except OSError as err:
             raise OSError(f"cannot read image {path}: {err}; remove or re-save it") from err
         if img.mode in ("I", "F"):
+            img.close()
             raise ValueError(f"{path} is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (mode {img.mode}), "
                              "whose value range is unknown; convert the folder to 8- or 16-bit images")
         return img

@@ -52,6 +52,10 @@ def hparams_ignore() -> list[str]:
     return [] if _given_hyperparameters.get() is not None else ["net"]
 
 
+#: torch's messages for inputs a layer was not built for (:meth:`OneStepModule.check_net` names ``data_shape`` for them)
+SHAPE_ERRORS = ("mat1 and mat2", "size of tensor", "Expected input", "expected input", "shape", "channels")
+
+
 def check_net_output(out: Tensor, x: Tensor) -> None:
     """``ValueError`` unless the net's output ``out`` has the shape of its input ``x``: ``(n, *data_shape)``."""
     if out.shape != x.shape:
@@ -133,7 +137,8 @@ class OneStepModule(pl.LightningModule):
     r"""Base of OT-MF and OT-NFM: a generator ``source -> target`` trained on OT-paired batches.
 
     Subclasses implement :meth:`loss` (``Pair -> (loss, logs)``) and :meth:`sample`, and set
-    :attr:`supported_steps`. Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
+    :attr:`supported_steps`; optionally :meth:`trial_output`, the net's output that is checked before
+    training. Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
 
     **Class-conditional generation** (``num_classes``): the net gets the batch's labels (a net built
     with ``num_classes``: :class:`~otflow_lightning.nets.TimeMLP`, :class:`~otflow_lightning.nets.UNet`),
@@ -180,8 +185,10 @@ class OneStepModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_data_shape(data_shape)
-        if not lr > 0 or not weight_decay >= 0 or warmup_steps < 0:
-            raise ValueError(f"lr must be > 0, weight_decay >= 0 and warmup_steps >= 0; got {lr}, {weight_decay}, {warmup_steps}")
+        for name, value, ok, want in (("lr", lr, lr > 0, "> 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+                                      ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"{name} must be {want}, got {value}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {betas!r}")
         if not guidance_scale > 0:
@@ -351,25 +358,32 @@ class OneStepModule(pl.LightningModule):
             raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}")
         self.check_net()
 
-    def check_net(self) -> tuple[Tensor, Tensor]:
-        """Before training, one eval-mode call of the net on four random inputs (drawn from a local
-        generator: the run's random stream is untouched): an error of the net's own, such as a
-        layer built for another input size, is raised naming ``data_shape``, and an output of
-        another shape as :func:`check_net_output` does. Returns ``(inputs, output)``."""
+    def check_net(self) -> tuple[Tensor, Tensor] | None:
+        """Before training, one eval-mode call of the net (:meth:`trial_output`) on four random inputs
+        of ``data_shape`` (from a local generator: the run's random stream is untouched; eager even
+        for a compiled net). A shape error of the net's own, such as a layer built for another input
+        size, is raised naming ``data_shape``; an output of another shape as :func:`check_net_output`
+        does. Returns ``(inputs, output)``, or ``None`` where the subclass defines no trial."""
         x = torch.randn(4, *self.data_shape, generator=torch.Generator().manual_seed(0)).to(self.device, self.dtype)
         labels = None if self.num_classes is None else self.null_labels(4)
+        stance = getattr(torch.compiler, "set_stance", None)  # no second compile of a compiled net for 4 samples
         try:
-            with torch.no_grad(), eval_mode(self):
+            with torch.no_grad(), eval_mode(self), stance("force_eager") if stance else contextlib.nullcontext():
                 out = self.trial_output(x, labels)
         except RuntimeError as err:
+            if not any(s in str(err) for s in SHAPE_ERRORS):
+                raise
             raise ValueError(f"the net ({type(self.net).__name__}) fails on inputs of data_shape={self.data_shape}: "
                              f"{err}; build it for inputs of shape (n, *data_shape)") from err
+        if out is None:
+            return None
         check_net_output(out, x)
         return x, out
 
-    def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        """The net's output for inputs ``x`` ``(n, *data_shape)`` at time 0 (:meth:`check_net`)."""
-        raise NotImplementedError
+    def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor | None:
+        """The net's output for inputs ``x`` ``(n, *data_shape)`` at time 0, which :meth:`check_net`
+        checks before training; ``None`` (the default for subclasses): no check."""
+        return None
 
     def _as_pair(self, batch) -> Pair:
         if not isinstance(batch, Pair):

@@ -163,12 +163,13 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
 BUDGET_OPTIONS = {"exact": "max_iter", "emd": "max_iter", "sinkhorn": "max_iter", "lowrank": "max_iter", "auction": "max_rounds"}
 
 
-def _budget_hint(solved: str, method: str, per_label: bool) -> str:
+def _budget_hint(solved: str, method: str, per_label: bool, plan_sampler: bool = False) -> str:
     """How to raise the budget of the solver(s) ``solved`` (``+``-joined) of a coupler of ``method``."""
     option = next((BUDGET_OPTIONS[m] for m in solved.split("+") if m in BUDGET_OPTIONS), "max_iter")
     name = solved.split("+")[0] if method == "auto" else method
-    hint = (f"raise its budget: OTCoupler({name!r}, {option}=...) (in a YAML coupling: class_path: "
-            f"otflow_lightning.OTCoupler, init_args: {{method: {name}}}, dict_kwargs: {{{option}: ...}})")
+    plan, plan_yaml = (", plan_sampler=True", ", plan_sampler: true") if plan_sampler else ("", "")
+    hint = (f"raise its budget: OTCoupler({name!r}{plan}, {option}=...) (in a YAML coupling: class_path: "
+            f"otflow_lightning.OTCoupler, init_args: {{method: {name}{plan_yaml}}}, dict_kwargs: {{{option}: ...}})")
     if method == "auto":
         hint += "; 'auto' takes no options, so name the method"
     if per_label and "sinkhorn" in solved:
@@ -398,7 +399,7 @@ class OTCoupler:
             where = f"n={x0.shape[0]}{ran}" + (", summed over the per-label sub-problems" if strict else "")
             message = f"OT solver {method!r} stopped at its budget ({where})"
             if self.on_failure == "raise":
-                raise RuntimeError(f"{message}; {_budget_hint(method, self.method, strict)}, or pass on_failure='warn' "
+                raise RuntimeError(f"{message}; {_budget_hint(method, self.method, strict, self.plan_sampler)}, or pass on_failure='warn' "
                                    "to count and continue")
             self.failures += 1
             kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"

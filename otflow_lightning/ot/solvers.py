@@ -741,8 +741,10 @@ def check_options(method: str, options: dict, plan: bool = False) -> None:
     with ``plan=True``) with values it can take, naming the ones it takes."""
     fn = PLANS[method] if plan else _OPTIONS_OF.get(method, SOLVERS.get(method))
     params = inspect.signature(fn).parameters
-    allowed = [k for k, p in params.items() if k not in ("cost", "x0", "x1") and p.kind is p.POSITIONAL_OR_KEYWORD]
-    if unknown := sorted(options.keys() - set(allowed)):
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    allowed = [k for k, p in params.items() if k not in ("cost", "x0", "x1") and p.kind in kinds]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # a registered solver's **options
+    if not takes_any and (unknown := sorted(options.keys() - set(allowed))):
         hint = " (POT's reg is epsilon here, relative to the cost's standard deviation)" if "reg" in unknown else ""
         raise ValueError(f"OTCoupler({method!r}) does not take {unknown}{hint}; its options: {allowed or 'none'}")
     for name, value in options.items():
