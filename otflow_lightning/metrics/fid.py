@@ -94,8 +94,9 @@ def check_feature_module(feature: nn.Module, input_shape: tuple[int, ...]) -> No
         with torch.no_grad():
             out = feature(images)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"the FID feature module {name} fails on uint8 images of shape (n, {', '.join(map(str, input_shape))}): "
-                         f"{err}; it receives uint8 images in [0, 255], so convert inside it (x.float() / 255)") from err
+        shape = ", ".join(map(str, input_shape))
+        raise ValueError(f"the FID feature module {name} fails on uint8 images of shape (n, {shape}): {err}; it "
+                         "receives uint8 images in [0, 255], so convert inside it (x.float() / 255)") from err
     if not (torch.is_tensor(out) and out.is_floating_point() and out.ndim == 2 and out.shape[0] == 2):
         got = f"{tuple(out.shape)} {out.dtype}" if torch.is_tensor(out) else type(out).__name__
         raise ValueError(f"the FID feature module {name} must return float features (n, d), got {got}; flatten "

@@ -185,7 +185,8 @@ class OneStepModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_data_shape(data_shape)
-        for name, value, ok, want in (("lr", lr, lr > 0, "> 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+        for name, value, ok, want in (("lr", lr, lr > 0, "> 0"),
+                                      ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
                                       ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0")):
             if not ok:
                 raise ValueError(f"{name} must be {want}, got {value}")

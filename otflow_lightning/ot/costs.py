@@ -19,10 +19,11 @@ def squared_euclidean(x0: Tensor, x1: Tensor, dtype: torch.dtype | str | None = 
     translation invariant), and low-dimensional inputs are computed in float64.
 
     With ``dtype=torch.bfloat16`` only the inner products :math:`a^\top b` run in bfloat16 (which
-    the matrix units of recent CPUs and GPUs run faster than float32; measured in
-    ``docs/coupling.md``); centring, norms and the result stay float32. The inner products then carry a relative error of about ``2**-8``: an
-    approximate cost (measured: the exact assignment of its ``reduced`` form closes >= 99.99% of the gap on
-    Gaussian, clustered and digit batches in 784 and 3072 dimensions, see ``docs/coupling.md``).
+    the matrix units of recent CPUs and GPUs run faster than float32); centring, norms and the
+    result stay float32. The inner products then carry a relative error of about ``2**-8``: an
+    approximate cost (measured: the exact assignment of its ``reduced`` form closes >= 99.99% of
+    the gap on Gaussian, clustered and digit batches in 784 and 3072 dimensions; speed and gap in
+    ``docs/coupling.md``).
 
     Args:
         x0: ``(n, *shape)`` source batch.

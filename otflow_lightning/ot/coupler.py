@@ -160,7 +160,9 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
 
 
 #: the option that sets each iterative solver's budget
-BUDGET_OPTIONS = {"exact": "max_iter", "emd": "max_iter", "sinkhorn": "max_iter", "lowrank": "max_iter", "auction": "max_rounds"}
+BUDGET_OPTIONS = {
+    "exact": "max_iter", "emd": "max_iter", "sinkhorn": "max_iter", "lowrank": "max_iter", "auction": "max_rounds"
+}
 
 
 def _budget_hint(solved: str, method: str, per_label: bool, plan_sampler: bool = False) -> str:
@@ -399,8 +401,8 @@ class OTCoupler:
             where = f"n={x0.shape[0]}{ran}" + (", summed over the per-label sub-problems" if strict else "")
             message = f"OT solver {method!r} stopped at its budget ({where})"
             if self.on_failure == "raise":
-                raise RuntimeError(f"{message}; {_budget_hint(method, self.method, strict, self.plan_sampler)}, or pass on_failure='warn' "
-                                   "to count and continue")
+                hint = _budget_hint(method, self.method, strict, self.plan_sampler)
+                raise RuntimeError(f"{message}; {hint}, or pass on_failure='warn' to count and continue")
             self.failures += 1
             kept = "its plan was sampled as it was" if self.plan_sampler else "its result was repaired into a permutation"
             log.warning("%s; %s (failure %d)", message, kept, self.failures)

@@ -728,7 +728,8 @@ _OPTIONS_OF = {"exact": plan_emd, "sinkhorn": plan_sinkhorn}
 #: option values that solvers cannot take (a zero ``n_plans`` crashes POT's BSP-OT, a zero
 #: ``eps_final`` divides by zero): ``name: (test, what the value must be)``
 _OPTION_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    **{k: (lambda v: v >= 1, ">= 1") for k in ("n_plans", "max_iter", "max_rounds", "check_every", "rank", "leaf_size", "threads")},
+    **{k: (lambda v: v >= 1, ">= 1")
+       for k in ("n_plans", "max_iter", "max_rounds", "check_every", "rank", "leaf_size", "threads")},
     **{k: (lambda v: v > 0, "> 0") for k in ("eps_start", "eps_final", "tol", "warm_epsilon")},
     **{k: (lambda v: v >= 0, ">= 0") for k in ("warm_start", "iterations", "sweeps")},
     **{k: (lambda v: 0 <= v < 1, "in [0, 1)") for k in ("tail", "phase_tail")},
