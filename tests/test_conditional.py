@@ -80,6 +80,13 @@ def test_guidance_reference_predictions_run_without_dropout(module_cls):
     assert all(mod.training for mod in m.modules())
 
 
+def test_nfm_guidance_refuses_batch_norm_whose_eval_reference_would_use_running_statistics():
+    net = ResidualFlowMap(nn.Sequential(nn.BatchNorm1d(2)))
+    with pytest.raises(ValueError, match="guidance_scale=2.0 with a net holding a BatchNorm1d.*use GroupNorm"):
+        OTNeuralFlowMatching(net=net, num_classes=3, guidance_scale=2.0)
+    OTNeuralFlowMatching(net=net)  # without guidance batch norm is the user's choice
+
+
 def test_nfm_guided_target_and_label_dropout():
     class Map(nn.Module):  # F(x, t | label) = x + 10 for the null label, x + label otherwise
         def forward(self, x, t, labels):

@@ -113,6 +113,14 @@ class OTNeuralFlowMatching(OneStepModule):
                 "from the mean of all classes to the class's mean); it does not sharpen classes as MeanFlow's guidance "
                 "does. Use guidance_scale=1 for samples on the data"
             )
+        norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
+        norm = next(norms, None)
+        if guidance_scale != 1.0 and norm is not None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} with a net holding a {type(norm).__name__}: the guided target's "
+                "unconditional reference runs in eval mode (no dropout), where batch norm uses running statistics "
+                "while the trained prediction uses the batch's; use GroupNorm or LayerNorm, or guidance_scale=1"
+            )
         self.save_hyperparameters(ignore=hparams_ignore())
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.endpoint_weight = endpoint_weight
