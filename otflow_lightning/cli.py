@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -154,9 +153,9 @@ class OTFlowCLI(LightningCLI):
             return
         try:
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
-            if "Weights only load failed" in str(err):
-                raise  # torch's message names the type to allow
+        except Exception as err:  # torch raises KeyError, EOFError, RuntimeError or UnpicklingError on a bad file
+            if "Unsupported global" in str(err):
+                raise  # a checkpoint holding a type torch does not load by default: its message names it
             raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: "
                              f"{str(err).strip().splitlines()[0] if str(err).strip() else 'empty'}): a truncated "
                              "file (a job killed while saving) or not a torch file; give an earlier checkpoint of "

@@ -92,6 +92,9 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
         (in_tmp / "cut.ckpt").write_bytes(f.read()[:1000])
     with pytest.raises(ValueError, match="cut.ckpt is not a readable checkpoint .* a truncated file"):
         main(["fit", *args, "--ckpt_path=cut.ckpt"])
+    (in_tmp / "junk.ckpt").write_bytes(b"not a checkpoint" * 20)
+    with pytest.raises(ValueError, match="junk.ckpt is not a readable checkpoint .* not a torch file"):
+        main(["fit", *args, "--ckpt_path=junk.ckpt"])
     with pytest.raises(ValueError, match=r"holds a otflow_lightning\.OTMeanFlow checkpoint but the config trains "
                                          r"otflow_lightning\.OTNeuralFlowMatching"):
         main(["fit", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), *QUIET, f"--ckpt_path={ckpt}"])
