@@ -63,6 +63,12 @@ def check_net_output(out: Tensor, x: Tensor) -> None:
                          "output must have the input's shape (n, *data_shape)")
 
 
+def running_batch_norm(net: nn.Module) -> nn.Module | None:
+    """The first batch-norm layer of ``net`` that tracks running statistics, or ``None``."""
+    norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
+    return next(norms, None)
+
+
 def check_data_shape(data_shape: Sequence[int]) -> None:
     """``ValueError`` unless ``data_shape`` is a sequence of positive sizes."""
     if isinstance(data_shape, (int, str)) or not all(isinstance(s, numbers.Integral) and s >= 1 for s in data_shape):

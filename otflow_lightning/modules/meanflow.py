@@ -54,6 +54,7 @@ from .base import (
     eval_mode,
     hparams_ignore,
     in_dtype_of,
+    running_batch_norm,
 )
 
 __all__ = ["OTMeanFlow"]
@@ -125,8 +126,7 @@ class OTMeanFlow(OneStepModule):
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=math.prod(data_shape), num_times=2, num_classes=num_classes)
-        norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
-        norm = next(norms, None)
+        norm = running_batch_norm(net)
         if norm is not None:
             raise ValueError(
                 f"the net holds a {type(norm).__name__}, whose running-statistics update in training breaks the JVP "

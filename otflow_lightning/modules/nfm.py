@@ -46,6 +46,7 @@ from .base import (
     eval_mode,
     hparams_ignore,
     in_dtype_of,
+    running_batch_norm,
 )
 
 __all__ = ["OTNeuralFlowMatching", "variance_ratio"]
@@ -113,8 +114,7 @@ class OTNeuralFlowMatching(OneStepModule):
                 "from the mean of all classes to the class's mean); it does not sharpen classes as MeanFlow's guidance "
                 "does. Use guidance_scale=1 for samples on the data"
             )
-        norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
-        norm = next(norms, None)
+        norm = running_batch_norm(net)
         if guidance_scale != 1.0 and norm is not None:
             raise ValueError(
                 f"guidance_scale={guidance_scale} with a net holding a {type(norm).__name__}: the guided target's "

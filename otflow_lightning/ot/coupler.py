@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
-from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, check_options, sample_plan
+from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, budget_option, check_options, sample_plan
 
 __all__ = ["OTCoupler", "Coupling", "check_batch", "auto_method"]
 
@@ -159,15 +159,9 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
             raise ValueError(f"labels {name} hold NaN or Inf values")
 
 
-#: the option that sets each iterative solver's budget
-BUDGET_OPTIONS = {
-    "exact": "max_iter", "emd": "max_iter", "sinkhorn": "max_iter", "lowrank": "max_iter", "auction": "max_rounds"
-}
-
-
 def _budget_hint(solved: str, method: str, per_label: bool, plan_sampler: bool = False) -> str:
     """How to raise the budget of the solver(s) ``solved`` (``+``-joined) of a coupler of ``method``."""
-    option = next((BUDGET_OPTIONS[m] for m in solved.split("+") if m in BUDGET_OPTIONS), "max_iter")
+    option = next(filter(None, (budget_option(m, plan_sampler) for m in solved.split("+"))), "max_iter")
     name = solved.split("+")[0] if method == "auto" else method
     plan, plan_yaml = (", plan_sampler=True", ", plan_sampler: true") if plan_sampler else ("", "")
     hint = (f"raise its budget: OTCoupler({name!r}{plan}, {option}=...) (in a YAML coupling: class_path: "

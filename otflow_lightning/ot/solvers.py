@@ -45,6 +45,7 @@ from .costs import cpu_float64, simplex_scaled, squared_euclidean
 __all__ = [
     "SOLVERS",
     "Solution",
+    "budget_option",
     "check_options",
     "solve_independent",
     "solve_exact",
@@ -737,11 +738,21 @@ _OPTION_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
+def _options_function(method: str, plan: bool = False) -> Callable:
+    """The function whose keyword arguments ``method``'s options are (its plan's, with ``plan=True``)."""
+    return PLANS[method] if plan else _OPTIONS_OF.get(method, SOLVERS.get(method))
+
+
+def budget_option(method: str, plan: bool = False) -> str | None:
+    """The option that sets ``method``'s iteration budget (``max_rounds`` or ``max_iter``), if any."""
+    params = inspect.signature(_options_function(method, plan)).parameters
+    return next((name for name in ("max_rounds", "max_iter") if name in params), None)
+
+
 def check_options(method: str, options: dict, plan: bool = False) -> None:
     """``ValueError`` unless ``options`` are keyword arguments of ``method``'s solver (its plan's,
     with ``plan=True``) with values it can take, naming the ones it takes."""
-    fn = PLANS[method] if plan else _OPTIONS_OF.get(method, SOLVERS.get(method))
-    params = inspect.signature(fn).parameters
+    params = inspect.signature(_options_function(method, plan)).parameters
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     allowed = [k for k, p in params.items() if k not in ("cost", "x0", "x1") and p.kind in kinds]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # a registered solver's **options
