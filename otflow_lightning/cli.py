@@ -47,30 +47,47 @@ def _get(node, key: str, default=None):
     return getattr(node, key, default) if hasattr(node, "__dict__") else default
 
 
+def _load_yaml(value: str):
+    """A ``--config`` / ``--model`` value as YAML: a file's contents, or the text itself (``None`` if
+    it does not parse; jsonargparse reports that)."""
+    try:
+        is_file = Path(value).is_file()
+    except (OSError, ValueError):  # a name too long for a path: inline YAML
+        is_file = False
+    try:
+        return yaml.safe_load(Path(value).read_text() if is_file else value)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _source_in(model, data) -> str | None:
+    """The ``source`` a model node sets where the data node beside it does not set the same."""
+    source = _get(_get(model, "init_args", model), "source")
+    return source if source is not None and source != _get(_get(data, "init_args", data), "source") else None
+
+
 def _model_source_given(args) -> str | None:
-    """The model ``source`` given on the command line, or in a ``--config`` file that does not set the
-    data's ``source`` to the same value (the link from ``data.source`` overwrites it unseen; a config
-    that sets both alike is consistent, and a later ``--data.source`` is meant to change both).
-    Other ways of giving it (``--model`` as YAML, Namespace args) are not inspected."""
+    """The model ``source`` given on the command line (``--model.source``, ``--model`` as YAML), or in
+    a ``--config`` file or a dict of args that does not set the data's ``source`` to the same value
+    (the link from ``data.source`` overwrites it unseen; a config that sets both alike is consistent,
+    and a later ``--data.source`` is meant to change both)."""
+    if isinstance(args, dict):
+        nodes = [args] + [v for v in args.values() if isinstance(v, dict)]  # top level, or under a subcommand
+        return next((s for node in nodes if (s := _source_in(node.get("model"), node.get("data")))), None)
     if not isinstance(args, (list, tuple)):
         return None
     args, given = [str(a) for a in args], None
     for i, arg in enumerate(args):
         key, eq, value = arg.partition("=")
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+        if value is None:
+            continue
         if key in ("--model.source", "--model.init_args.source"):
-            given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-        elif key == "--config" and (eq or i + 1 < len(args)):
-            path = value if eq else args[i + 1]
-            try:
-                config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-            except (OSError, yaml.YAMLError):
-                config = None  # jsonargparse reports it
-            if not isinstance(config, dict):
-                continue
-            model, data = (_get(config, k) for k in ("model", "data"))
-            source = _get(_get(model, "init_args", model), "source")
-            if source is not None and source != _get(_get(data, "init_args", data), "source"):
-                given = source
+            given = value
+        elif key == "--model" and isinstance(config := _load_yaml(value), dict):  # a class name is a str
+            given = _source_in(config, None) or given
+        elif key == "--config" and isinstance(config := _load_yaml(value), dict):
+            given = _source_in(_get(config, "model"), _get(config, "data")) or given
     return given
 
 

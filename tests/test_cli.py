@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from otflow_lightning import OTMeanFlow
 from otflow_lightning.cli import main
@@ -115,6 +116,18 @@ def test_a_model_source_the_data_link_would_replace_is_refused(in_tmp):
     both.write_text("model:\n  init_args:\n    source: 8gaussians\ndata:\n  init_args:\n    source: 8gaussians\n")
     cli = main(["--config", TOY, "--config", str(both), "--data.source", "gaussian"], run=False)
     assert cli.model.source == cli.datamodule.source == "gaussian"
+    # --model as YAML (inline or a file), and a dict of args, are read alike
+    inline = '{"class_path": "otflow_lightning.OTMeanFlow", "init_args": {"source": "gaussian"}}'
+    with pytest.raises(ValueError, match="model source 'gaussian' is not used"):
+        main(["--config", TOY, "--model", inline], run=False)
+    model_file = in_tmp / "model.yaml"
+    model_file.write_text("class_path: otflow_lightning.OTMeanFlow\ninit_args:\n  source: gaussian\n")
+    with pytest.raises(ValueError, match="model source 'gaussian' is not used"):
+        main(["--config", TOY, f"--model={model_file}"], run=False)
+    as_dict = yaml.safe_load(open(TOY))
+    as_dict["model"]["init_args"]["source"] = "gaussian"
+    with pytest.raises(ValueError, match="model source 'gaussian' is not used"):
+        main(as_dict, run=False)
 
 
 def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
