@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
 
-__all__ = ["OTFlowCLI", "main", "entry_point"]
+__all__ = ["OTFlowCLI", "VersionedConfigSaver", "main", "entry_point"]
 
 
 def _flat(tree, prefix: str = "") -> dict[str, object]:
@@ -107,6 +107,28 @@ def _newest_last_checkpoint(trainer) -> str | None:
     found = [p for root in roots for pattern in ("checkpoints/last*.ckpt", "*/version_*/checkpoints/last*.ckpt")
              for p in root.glob(pattern) if p.is_file()]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+class VersionedConfigSaver(SaveConfigCallback):
+    """Lightning's config saver that never replaces an earlier run's file: where the log folder holds
+    ``config.yaml`` already (without a logger every run logs to the same root folder; or a logger
+    given a fixed ``version``), it saves ``config-v1.yaml``, ``config-v2.yaml``, ... as
+    ``ModelCheckpoint`` versions its files, and warns which name it took."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            log_dir, name = trainer.log_dir, self.config_filename  # log_dir broadcasts: every rank asks
+            if trainer.is_global_zero:
+                stem, suffix = os.path.splitext(self.config_filename)
+                version = 0
+                while os.path.isfile(os.path.join(log_dir, name)):
+                    version += 1
+                    name = f"{stem}-v{version}{suffix}"
+                if version:
+                    rank_zero_warn(f"{os.path.join(log_dir, self.config_filename)} is an earlier run's; this run's "
+                                   f"config is saved as {name} beside it")
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
 
 
 class OTFlowCLI(LightningCLI):
@@ -222,7 +244,7 @@ def main(args: list[str] | dict | None = None, run: bool = True) -> OTFlowCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=VersionedConfigSaver,
         args=args,
         run=run,
     )

@@ -103,6 +103,18 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
         main(["validate", *args, "--trainer.limit_val_batches=1"])
 
 
+def test_a_second_run_in_one_folder_keeps_the_first_runs_config(in_tmp):
+    """Without a logger every run logs to the root folder: the second run's config is saved beside
+    the first's (config-v1.yaml), not over it."""
+    args = ["fit", "--config", TOY, "--trainer.logger=false", "--trainer.max_steps=1", "--trainer.callbacks=[]",
+            "--trainer.limit_val_batches=0", *QUIET]
+    main([*args, "--model.lr=0.001"])
+    with pytest.warns(UserWarning, match=r"config.yaml is an earlier run's; this run's config is saved as config-v1"):
+        main([*args, "--model.lr=0.002"])
+    assert yaml.safe_load((in_tmp / "config.yaml").read_text())["model"]["init_args"]["lr"] == 0.001
+    assert yaml.safe_load((in_tmp / "config-v1.yaml").read_text())["model"]["init_args"]["lr"] == 0.002
+
+
 def test_a_model_source_the_data_link_would_replace_is_refused(in_tmp):
     with pytest.raises(ValueError, match=r"model source 'gaussian' is not used: .* give --data.source gaussian"):
         main(["--config", TOY, "--model.source=gaussian"], run=False)
