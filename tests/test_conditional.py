@@ -50,6 +50,22 @@ def test_meanflow_guided_velocity_is_meanflows_cfg_combination(omega, kappa):
     torch.testing.assert_close(got, want)
 
 
+def test_meanflow_guidance_applies_only_inside_its_interval():
+    """MeanFlow's guidance interval: rows whose start time t lies outside it keep the plain v."""
+    m = OTMeanFlow(net=KnownVelocity(3), num_classes=3, guidance_scale=2.0, guidance_kappa=0.3,
+                   guidance_interval=(0.25, 0.5))
+    z = torch.zeros(5, 2, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.25, 0.4, 0.5, 0.9], dtype=torch.float64)
+    v = torch.arange(10, dtype=torch.float64).reshape(5, 2)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    got = m.guided_velocity(z, t, v, labels)
+    want = 2.0 * v + 0.3 * (20.0 + labels.double()[:, None]) + (1 - 2.0 - 0.3) * 10.0
+    torch.testing.assert_close(got[1:4], want[1:4])
+    torch.testing.assert_close(got[[0, 4]], v[[0, 4]])
+    with pytest.raises(ValueError, match=r"guidance_interval must be \(lo, hi\) with 0 <= lo <= hi <= 1"):
+        OTMeanFlow(num_classes=3, guidance_scale=2.0, guidance_interval=(0.6, 0.5))
+
+
 class DropoutRecorder(nn.Module):
     """A net with dropout that records, per call, whether all labels were null and whether dropout was on."""
 

@@ -31,7 +31,9 @@ instantaneous velocity in the target and in the JVP tangent is replaced by
 
 the two ``u`` from the net itself at ``e = t`` without gradient (null-label rows keep ``v``). The
 net then learns the average velocity of the guided field, with effective scale
-:math:`\omega / (1 - \kappa)`, and one call still generates.
+:math:`\omega / (1 - \kappa)`, and one call still generates. MeanFlow's optional guidance
+interval limits this to rows with ``t`` in ``guidance_interval`` (the others keep ``v``); their
+``[t_start, t_end]`` in noise-at-1 time is our ``(1 - t_end, 1 - t_start)``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class OTMeanFlow(OneStepModule):
             speeds up training, since the JVP itself always runs in fp32).
         guidance_kappa: MeanFlow's ``kappa``, the share of the net's own conditional velocity in the
             guided target (0: plain ``v_g = u_null + omega (v - u_null)``).
+        guidance_interval: ``(lo, hi)``: guidance applies to rows whose start time ``t`` (public
+            direction, 0 = source) lies in ``[lo, hi]``; the others train on the plain ``v``.
         source, data_shape, lr, weight_decay, betas, warmup_steps, lr_schedule, num_classes,
             label_dropout, guidance_scale: as in :class:`OneStepModule`.
     """
@@ -114,6 +118,7 @@ class OTMeanFlow(OneStepModule):
         label_dropout: float = 0.1,
         guidance_scale: float = 1.0,
         guidance_kappa: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         check_time_dist(time_dist, time_std)
         if not 0.0 <= interval_fraction <= 1.0:
@@ -123,6 +128,10 @@ class OTMeanFlow(OneStepModule):
                 f"guidance_kappa must be in [0, 1) and needs a class-conditional model trained with label dropout "
                 f"(num_classes and label_dropout > 0), got guidance_kappa={guidance_kappa}"
             )
+        lo, hi = guidance_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1 (start times t, 0 = source), "
+                             f"got {tuple(guidance_interval)}")
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=math.prod(data_shape), num_times=2, num_classes=num_classes)
@@ -136,7 +145,7 @@ class OTMeanFlow(OneStepModule):
             net, source, data_shape, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, num_classes=num_classes, label_dropout=label_dropout, guidance_scale=guidance_scale,
         )
-        self.guidance_kappa = guidance_kappa
+        self.guidance_kappa, self.guidance_interval = guidance_kappa, (float(lo), float(hi))
         self.save_hyperparameters(ignore=hparams_ignore())
         self.time_dist, self.time_mean, self.time_std = time_dist, time_mean, time_std
         self.interval_fraction, self.fm_warmup_steps = interval_fraction, fm_warmup_steps
@@ -183,6 +192,10 @@ class OTMeanFlow(OneStepModule):
         v_g = self.guided(v, u_null, labels)
         if self.guidance_kappa:
             v_g = v_g + self.guidance_kappa * self.labelled(labels, z.ndim) * (u_cond - u_null)
+        lo, hi = self.guidance_interval
+        if (lo, hi) != (0.0, 1.0):
+            inside = ((t >= lo) & (t <= hi)).reshape((-1,) + (1,) * (z.ndim - 1))
+            v_g = torch.where(inside, v_g, v)
         return v_g
 
     def meanflow_target(self, z: Tensor, t: Tensor, e: Tensor, v: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
