@@ -156,23 +156,27 @@ class OnlineCoupling:
         slot = torch.randint(0, self.num_noises, (index.shape[0],), generator=generator, device=x1.device).cpu()
         state = self.bank[index, slot]
         x0 = self.noise(state).to(device=x1.device, dtype=x1.dtype)
-        n, world = x1.shape[0], across_ranks and world_size() > 1
-        if world:  # the world batch, identical on every rank
-            x0, x1 = gather(x0), gather(x1)
-            labels = None if labels is None else gather(labels)
-            index, slot, state = (gather(t, x1.device) for t in (index, slot, state))
-            coupling = solve_on_rank0(lambda: self._improve(x0, x1, labels), x1.shape[0], x1.device)
-        else:
-            coupling = self._improve(x0, x1, labels)
+        if across_ranks and world_size() > 1:
+            return self._couple_world(x0, x1, labels, index, slot, state)
+        coupling = self._improve(x0, x1, labels)
         perm = coupling.perm.cpu()
-        # entry (index[perm[i]], slot[perm[i]]) now holds the noise that was at (index[i], slot[i])
-        moved = (index[perm], slot[perm], state)
-        if not world:  # every rank applies all ranks' writes (a world batch is already common to all)
-            moved = tuple(gather(t, x1.device) for t in moved)
-        self.bank[moved[0], moved[1]] = moved[2]
-        if not world:
-            return x0, coupling
-        rank = dist.get_rank()
+        # entry (index[perm[i]], slot[perm[i]]) now holds the noise that was at (index[i], slot[i]);
+        # every rank applies all ranks' writes, so the banks stay identical
+        moved_index, moved_slot, state = (gather(t, x1.device) for t in (index[perm], slot[perm], state))
+        self.bank[moved_index, moved_slot] = state
+        return x0, coupling
+
+    def _couple_world(self, x0: Tensor, x1: Tensor, labels: Tensor | None, index: Tensor, slot: Tensor,
+                      state: Tensor) -> tuple[Tensor, Coupling]:
+        """One match of the world batch (gathered, identical on every rank; solved on rank 0): every
+        rank applies it to its bank and keeps the noise now paired with its own rows."""
+        n, rank = x1.shape[0], dist.get_rank()
+        x0, x1 = gather(x0), gather(x1)
+        labels = None if labels is None else gather(labels)
+        index, slot, state = (gather(t, x1.device) for t in (index, slot, state))
+        coupling = solve_on_rank0(lambda: self._improve(x0, x1, labels), x1.shape[0], x1.device)
+        perm = coupling.perm.cpu()
+        self.bank[index[perm], slot[perm]] = state
         mine = torch.argsort(coupling.perm)[rank * n : (rank + 1) * n]  # the noise now paired with my rows
         coupling.perm = torch.arange(n, device=x1.device)
         return x0[mine], coupling
