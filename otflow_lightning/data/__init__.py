@@ -3,7 +3,7 @@
 from .datamodule import OTPairDataModule, Pair
 from .datasets import IndexedDataset, ToyDataset
 from .images import IMAGE_DATASETS, CIFAR10Dataset, DigitsDataset, ImageFolderDataset, MNISTDataset, ZipDataset, image_dataset
-from .sources import check_source, draw_source
+from .sources import SOURCES, check_source, draw_source, register_source
 from .toys import TOYS, sample_toy
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "image_dataset",
     "draw_source",
     "check_source",
+    "register_source",
+    "SOURCES",
     "TOYS",
     "sample_toy",
 ]

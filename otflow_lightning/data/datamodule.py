@@ -99,7 +99,10 @@ class OTPairDataModule(pl.LightningDataModule):
         target: a toy name (``moons``, ``8gaussians``, ...), an image dataset name (``digits``,
             ``mnist``, ``cifar10``, ``folder``; see :mod:`~otflow_lightning.data.images`) or a
             ``Dataset`` of tensors or ``(tensor, label)`` tuples.
-        source: ``gaussian`` (N(0, I) of the data's shape) or a 2D toy name.
+        source: ``gaussian`` (N(0, I) of the data's shape), a 2D toy name, or a source of your own
+            (a name in :data:`~otflow_lightning.data.SOURCES`, or a function's import path; see
+            :func:`~otflow_lightning.data.register_source`). Give the module the same name: its
+            ``generate`` and the evaluation callbacks draw from it too.
         coupling: an :class:`~otflow_lightning.ot.OTCoupler` method name (``auto``, the default,
             which picks the solver by batch size, dimension and device, see
             :func:`~otflow_lightning.ot.auto_method`; ``exact``, ``auction``, ``sinkhorn``, ``bsp``,
@@ -272,7 +275,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if self._source_train is None:
             check_source(self.source, shape)
         if self.online is not None:  # __init__ rules out online + source_data
-            self.online.reset(len(self._train), lambda n, g: draw_source(self.source, n, shape, generator=g), seed=base)
+            # through the draw_source hook, so a subclass's source also fills the bank
+            self.online.reset(len(self._train), lambda n, g: self.draw_source(torch.empty(n, *shape), g), seed=base)
 
     def _check_data(self) -> None:
         """Raise ``ValueError`` for data that would train silently wrong: class labels that are all
@@ -377,7 +381,9 @@ class OTPairDataModule(pl.LightningDataModule):
         return rank_generator(device, self._noise_seed(), self._rank(), int(index[0]), "val")
 
     def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
-        """Source batch shaped like ``x1``, drawn on its device."""
+        """Source batch shaped like ``x1``, drawn on its device: every training and validation pair,
+        and the online bank. A subclass may override it; to change the source of ``generate`` and the
+        evaluation callbacks as well, register a source instead (``register_source``)."""
         return draw_source(self.source, x1.shape[0], x1.shape[1:], generator=generator, device=x1.device).to(x1.dtype)
 
     # ---------------------------------------------------------------- the pairing hook

@@ -159,7 +159,8 @@ class OneStepModule(pl.LightningModule):
 
     Args:
         net: the network (see the subclass for its call signature).
-        source: the source distribution, as the DataModule names it (``gaussian`` or a 2D toy).
+        source: the source distribution, as the DataModule names it (``gaussian``, a 2D toy, or a
+            source of your own in :data:`~otflow_lightning.data.SOURCES` or named by import path).
         data_shape: shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.

@@ -1,0 +1,102 @@
+"""Sources of your own: one registered source is drawn by the DataModule's pairs and online bank,
+the module's ``generate`` and the evaluation callbacks alike; by import path from a config."""
+
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from otflow_lightning import OTMeanFlow, OTPairDataModule
+from otflow_lightning.callbacks.common import source_noise
+from otflow_lightning.cli import main
+from otflow_lightning.data import SOURCES, draw_source, register_source
+
+from conftest import CONFIGS
+from test_datamodule import fake_trainer, first_batch
+
+
+def square(n, shape, generator=None, device=None):
+    """Uniform on [2, 3]^d: far from every built-in source, so a stray Gaussian draw shows."""
+    return 2 + torch.rand(n, *shape, generator=generator, device=device)
+
+
+class Zero(nn.Module):
+    """``u = 0``: one-step samples are the source draws themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t, h, labels=None):
+        return z * self.w
+
+
+@pytest.fixture
+def registered():
+    register_source("square", square)
+    yield "square"
+    SOURCES.pop("square", None)
+
+
+def in_square(x):
+    return bool(((x >= 2) & (x <= 3)).all())
+
+
+def test_a_registered_source_is_drawn_everywhere(registered):
+    dm = OTPairDataModule(target="moons", source="square", batch_size=64, seed=0, toy_size=512)
+    dm.setup("fit")
+    dm.trainer = fake_trainer(training=True)
+    assert in_square(first_batch(dm, dm.train_dataloader()).x0)
+    dm.trainer = fake_trainer(training=False)
+    assert in_square(first_batch(dm, dm.val_dataloader()).x0)
+
+    online = OTPairDataModule(target="moons", source="square", coupling="online", batch_size=64, seed=0, toy_size=512)
+    online.setup("fit")
+    assert in_square(online.online.bank)
+
+    model = OTMeanFlow(net=Zero(), source="square")
+    assert in_square(model.generate(100))
+    assert in_square(torch.cat(list(source_noise(model, 0, 100, seed=0))))
+
+
+def test_a_datamodule_subclass_source_also_fills_the_online_bank():
+    class Shifted(OTPairDataModule):
+        def draw_source(self, x1, generator):
+            return square(x1.shape[0], x1.shape[1:], generator, x1.device)
+
+    dm = Shifted(target="moons", coupling="online", batch_size=64, seed=0, toy_size=512)
+    dm.setup("fit")
+    assert in_square(dm.online.bank)  # it held N(0, I) draws, unlike every training pair
+
+
+def test_a_source_named_by_import_path_is_imported_and_registered(tmp_path, monkeypatch):
+    (tmp_path / "my_sources.py").write_text(textwrap.dedent("""
+        import torch
+
+        def box(n, shape, generator=None, device=None):
+            return 2 + torch.rand(n, *shape, generator=generator, device=device)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        cli = main(["--config", f"{CONFIGS}/toy.yaml", "--data.source=my_sources.box"], run=False)
+        assert cli.model.source == cli.datamodule.source == "my_sources.box"
+        assert in_square(draw_source("my_sources.box", 10, (2,)))
+    finally:
+        SOURCES.pop("my_sources.box", None)
+
+
+def test_bad_sources_are_named(registered):
+    with pytest.raises(ValueError, match=r"unknown source 'my_sources\.nothing'.*a registered source \[.*'square'"):
+        OTMeanFlow(source="my_sources.nothing")
+    register_source("flat", lambda n, shape, generator=None, device=None: torch.zeros(n, 3))
+    try:
+        with pytest.raises(ValueError, match=r"source 'flat' drew shape \(2, 3\) for n=2 and data of shape \(2,\)"):
+            OTMeanFlow(source="flat")
+    finally:
+        SOURCES.pop("flat")
+    with pytest.raises(ValueError, match="'moons' is taken by a 2D toy"):
+        register_source("moons", square)
+    with pytest.raises(ValueError, match="source '8gaussians' is a 2D toy but the data have shape"):
+        OTMeanFlow(source="8gaussians", data_shape=(3,))
