@@ -5,7 +5,7 @@ from .costs import label_mismatch, pair_cost, squared_euclidean
 from .coupler import Coupling, OTCoupler, auto_method, check_batch
 from .distributed import couple_batch
 from .online import OnlineCoupling
-from .solvers import SOLVERS, Solution
+from .solvers import SOLVERS, Solution, register_solver
 
 __all__ = [
     "OTCoupler",
@@ -13,6 +13,7 @@ __all__ = [
     "Coupling",
     "Solution",
     "SOLVERS",
+    "register_solver",
     "auto_method",
     "check_batch",
     "couple_batch",

@@ -13,7 +13,20 @@ import torch
 from torch import Tensor
 
 from .costs import COST_DTYPES, label_mismatch, pair_cost, squared_euclidean
-from .solvers import LOW_DIM, PLANS, POINT_METHODS, SHIFT_INVARIANT, SOLVERS, Solution, budget_option, check_options, sample_plan
+from .solvers import (
+    BUILT_IN,
+    LOW_DIM,
+    PLANS,
+    POINT_METHODS,
+    SHIFT_INVARIANT,
+    SOLVERS,
+    Solution,
+    budget_option,
+    check_options,
+    check_permutation,
+    find_solver,
+    sample_plan,
+)
 
 __all__ = ["OTCoupler", "Coupling", "check_batch", "auto_method"]
 
@@ -161,8 +174,10 @@ def check_batch(x0: Tensor, x1: Tensor, c0: Tensor | None = None, c1: Tensor | N
 
 def _budget_hint(solved: str, method: str, per_label: bool, plan_sampler: bool = False) -> str:
     """How to raise the budget of the solver(s) ``solved`` (``+``-joined) of a coupler of ``method``."""
-    option = next(filter(None, (budget_option(m, plan_sampler) for m in solved.split("+"))), "max_iter")
+    option = next(filter(None, (budget_option(m, plan_sampler) for m in solved.split("+"))), None)
     name = solved.split("+")[0] if method == "auto" else method
+    if option is None:  # a registered solver without max_rounds / max_iter
+        return f"{name!r} takes no max_rounds or max_iter option, so its own code decides when it gives up"
     plan, plan_yaml = (", plan_sampler=True", ", plan_sampler: true") if plan_sampler else ("", "")
     hint = (f"raise its budget: OTCoupler({name!r}{plan}, {option}=...) (in a YAML coupling: class_path: "
             f"otflow_lightning.OTCoupler, init_args: {{method: {name}{plan_yaml}}}, dict_kwargs: {{{option}: ...}})")
@@ -221,7 +236,8 @@ class OTCoupler:
             or a solver in :data:`~otflow_lightning.ot.SOLVERS`: ``exact`` (fastest exact CPU
             solver for the dimension), ``auction`` (GPU-capable, near-exact), ``sinkhorn``, ``bsp``,
             ``multiscale`` (clustered large batches), ``emd``, ``lsa``, ``lapjv``, ``independent``;
-            or, with ``plan_sampler``, ``lowrank``.
+            or, with ``plan_sampler``, ``lowrank``; or a solver of your own (``register_solver``, or
+            its import path).
         label_weight: weight of the label-mismatch cost; ``None`` matches strictly within labels.
         on_failure: what an unconverged solve does (a solver stopped at its budget; its result was
             repaired into a permutation, or its plan sampled as it was): ``raise`` a ``RuntimeError``
@@ -254,9 +270,10 @@ class OTCoupler:
         cost_dtype: str | None = None,
         **options,
     ) -> None:
-        if method not in SOLVERS and method not in PLANS and method != "auto":
+        if method != "auto" and not find_solver(method):
             raise ValueError(
-                f"unknown coupling method {method!r}; choose 'auto' or one of {sorted(SOLVERS.keys() | PLANS.keys())}"
+                f"unknown coupling method {method!r}; choose 'auto' or one of {sorted(SOLVERS.keys() | PLANS.keys())}, "
+                "or give a solver's import path (my_project.solvers.greedy; see register_solver)"
             )
         if method == "auto" and (plan_sampler or cost_dtype is not None or options):
             raise ValueError(
@@ -353,7 +370,11 @@ class OTCoupler:
             reduced = method in SHIFT_INVARIANT and cost_dtype == "bfloat16"
             cost = self.cost_matrix(x0, x1, c0, c1, reduced, cost_dtype)
         if not self.plan_sampler:
-            return SOLVERS[method](cost, x0, x1, **self.options), method
+            solution = SOLVERS[method](cost, x0, x1, **self.options)
+            if method not in BUILT_IN:
+                check_permutation(solution.perm, x0.shape[0], method, "a solver must return Solution(perm) with "
+                                  "(x0[i], x1[perm[i]]) the pairs, each target once")
+            return solution, method
         plan = PLANS[method](cost, x0, x1, **self.options)
         return Solution(sample_plan(plan.plan, generator), plan.iterations, plan.converged), method
 

@@ -2,8 +2,8 @@
 
 A solver is a function ``solve(cost, x0, x1, **options) -> Solution`` where ``Solution.perm`` is a
 LongTensor on the inputs' device such that ``(x0[i], x1[perm[i]])`` are the pairs. The methods in
-:data:`POINT_METHODS` work on the points and are given ``cost=None``. Register new ones in
-:data:`SOLVERS`. Which one to use where (measured on a 2-core CPU, see ``docs/coupling.md``):
+:data:`POINT_METHODS` work on the points and are given ``cost=None``. Add your own with
+:func:`register_solver` (or name a function by its import path as the method). Which one to use where (measured on a 2-core CPU, see ``docs/coupling.md``):
 
 - ``exact``: the fastest exact CPU solver for the problem: POT's network simplex (``emd``) for
   low-dimensional points (up to 16 features; in 2D 3.6-9.9x faster than LAPJV, and 5-18x faster
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.util
 import inspect
 import math
@@ -45,6 +46,8 @@ from .costs import cpu_float64, simplex_scaled, squared_euclidean
 __all__ = [
     "SOLVERS",
     "Solution",
+    "register_solver",
+    "find_solver",
     "budget_option",
     "check_options",
     "solve_independent",
@@ -104,10 +107,11 @@ class TransportPlan:
     converged: bool = True
 
 
-def check_permutation(perm: Tensor, n: int, method: str) -> Tensor:
+def check_permutation(perm: Tensor, n: int, method: str, fix: str = "please report this") -> Tensor:
     """Raise ``RuntimeError`` unless ``perm`` is a permutation of ``range(n)``."""
-    if perm.shape != (n,) or not torch.equal(torch.sort(perm).values, torch.arange(n, device=perm.device)):
-        raise RuntimeError(f"OT solver {method!r} returned no permutation of the batch (n={n}); please report this")
+    if not (isinstance(perm, Tensor) and perm.shape == (n,) and not perm.is_floating_point()
+            and torch.equal(torch.sort(perm).values, torch.arange(n, device=perm.device))):
+        raise RuntimeError(f"OT solver {method!r} returned no permutation of the batch (n={n}); {fix}")
     return perm
 
 
@@ -700,7 +704,7 @@ def solve_multiscale(
 SHIFT_INVARIANT = ("exact", "emd", "lsa", "lapjv")
 
 #: methods that work on the points themselves: the coupler passes them ``cost=None`` (no ``n x n`` matrix)
-POINT_METHODS = ("bsp", "lowrank", "multiscale")
+POINT_METHODS = {"bsp", "lowrank", "multiscale"}
 
 SOLVERS: dict[str, Callable[..., Solution]] = {
     "independent": solve_independent,
@@ -713,6 +717,44 @@ SOLVERS: dict[str, Callable[..., Solution]] = {
     "bsp": solve_bsp,
     "multiscale": solve_multiscale,
 }
+
+#: the library's own solvers (their results are permutations by construction; a registered
+#: solver's result is checked)
+BUILT_IN = frozenset(SOLVERS)
+
+
+def register_solver(name: str, solve: Callable[..., Solution] | None = None, *, points: bool = False):
+    """Add ``solve(cost, x0, x1, **options) -> Solution`` to :data:`SOLVERS` under ``name`` (returns
+    it; without ``solve``, a decorator). ``points=True``: it works on the points ``x0``, ``x1``
+    ``(n, *shape)`` and is given ``cost=None`` (no ``n x n`` matrix); otherwise ``cost`` is the
+    ``(n, n)`` squared-distance matrix. Its keyword arguments are the coupler's options, checked by
+    name when the coupler is built; its permutation is checked after every solve."""
+    if solve is None:
+        return lambda fn: register_solver(name, fn, points=points)
+    if name in BUILT_IN or name in PLANS or name == "auto":
+        raise ValueError(f"solver name {name!r} is the library's; register yours under another name")
+    SOLVERS[name] = solve
+    (POINT_METHODS.add if points else POINT_METHODS.discard)(name)
+    return solve
+
+
+def find_solver(method: str) -> bool:
+    """Whether ``method`` names a solver or a plan: registered, or a ``module.function`` import path,
+    which is imported and registered under that name (as a point solver if the function was
+    registered as one under another name)."""
+    if method in SOLVERS or method in PLANS:
+        return True
+    module, _, attr = method.rpartition(".")
+    try:
+        solve = getattr(importlib.import_module(module), attr) if module else None
+    except (ImportError, AttributeError, ValueError):  # ValueError: an empty module name ("..x")
+        return False
+    if not callable(solve):
+        return False
+    alias = next((k for k, fn in SOLVERS.items() if fn is solve), None)
+    register_solver(method, solve, points=alias in POINT_METHODS)
+    return True
+
 
 #: methods that can return a transport plan to sample (``OTCoupler(method, plan_sampler=True)``)
 PLANS: dict[str, Callable[..., TransportPlan]] = {
