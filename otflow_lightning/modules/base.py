@@ -144,7 +144,8 @@ class OneStepModule(pl.LightningModule):
 
     Subclasses implement :meth:`loss` (``Pair -> (loss, logs)``) and :meth:`sample`, and set
     :attr:`supported_steps`; optionally :meth:`trial_output`, the net's output that is checked before
-    training. Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
+    training, and :meth:`as_pair`, which turns a batch of another form than ``Pair`` into one.
+    Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
 
     **Class-conditional generation** (``num_classes``): the net gets the batch's labels (a net built
     with ``num_classes``: :class:`~otflow_lightning.nets.TimeMLP`, :class:`~otflow_lightning.nets.UNet`),
@@ -392,18 +393,31 @@ class OneStepModule(pl.LightningModule):
         checks before training; ``None`` (the default for subclasses): no check."""
         return None
 
-    def _as_pair(self, batch) -> Pair:
+    def as_pair(self, batch) -> Pair:
+        """The :class:`~otflow_lightning.data.Pair` of a dataloader batch: the hook for batches of
+        another form (your own DataModule yielding, e.g., ``(x0, x1)`` tuples: return ``Pair(x0, x1)``).
+        ``training_step``, ``validation_step``, ``test_step`` and ``predict_step`` all go through it;
+        the pair is then cast to the module's dtype. The default takes ``Pair`` batches only
+        (:class:`~otflow_lightning.OTPairDataModule`'s) and raises ``TypeError`` for others."""
         if not isinstance(batch, Pair):
             raise TypeError(
                 f"{type(self).__name__} expects a Pair batch from OTPairDataModule (got {type(batch).__name__}); "
-                "train it with otflow_lightning.OTPairDataModule or build Pair(x0, x1) yourself"
+                "train it with otflow_lightning.OTPairDataModule, build Pair(x0, x1) yourself, or override "
+                "as_pair(batch) to convert your batches"
             )
-        if batch.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
-            batch = dataclasses.replace(batch, x0=batch.x0.to(self.dtype), x1=batch.x1.to(self.dtype))
         return batch
 
+    def _pair(self, batch) -> Pair:
+        """:meth:`as_pair`, checked and in the module's dtype."""
+        pair = self.as_pair(batch)
+        if not isinstance(pair, Pair):
+            raise TypeError(f"{type(self).__name__}.as_pair returned a {type(pair).__name__}; it must return a Pair")
+        if pair.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
+            pair = dataclasses.replace(pair, x0=pair.x0.to(self.dtype), x1=pair.x1.to(self.dtype))
+        return pair
+
     def training_step(self, batch: Pair, batch_idx: int) -> Tensor:
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         loss, logs = self.loss(pair)
         if not torch.isfinite(loss):
             bad = [name for name in ("x0", "x1") if not torch.isfinite(getattr(pair, name)).all()]
@@ -425,16 +439,18 @@ class OneStepModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
-        loss, _ = self.loss(self._as_pair(batch))
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        pair = self._pair(batch)
+        loss, _ = self.loss(pair)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
 
     def test_step(self, batch: Pair, batch_idx: int) -> None:
-        loss, _ = self.loss(self._as_pair(batch))
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch))
+        pair = self._pair(batch)
+        loss, _ = self.loss(pair)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(pair))
 
     def predict_step(self, batch: Pair, batch_idx: int) -> Tensor:
         """One-step samples from the batch's source draws (of the batch's labels, if conditional): ``(n, *data_shape)``."""
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

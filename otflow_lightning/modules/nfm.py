@@ -177,7 +177,7 @@ class OTNeuralFlowMatching(OneStepModule):
         return flow + self.endpoint_weight * endpoint, {"flow_mse": flow.detach(), "endpoint_mse": endpoint.detach()}
 
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         loss, _ = self.loss(pair)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
         # collapse detector: one-step samples of this batch's source against its targets
