@@ -212,6 +212,8 @@ def test_sample_runs_the_net_in_eval_mode_and_in_its_dtype(module):
     # a float64 input to a float32 module, a float32 input to a bfloat16 module: computed in the
     # module's dtype, returned in the input's
     assert model.sample(x0.double()).dtype == torch.float64
+    assert model.sample(x0.double().numpy()).dtype == torch.float64  # an array too: x0's dtype, as documented
+    assert model.sample(x0.numpy()).dtype == torch.float32
     half = model.to(torch.bfloat16)
     assert half.sample(x0).dtype == torch.float32 and half.generate(4).dtype == torch.bfloat16
 

@@ -115,9 +115,11 @@ def check_net_shape(net: nn.Module, data_shape: Sequence[int]) -> None:
 
 
 def in_dtype_of(z: Tensor, x) -> Tensor:
-    """``z`` in the dtype of the caller's input ``x`` when that is a float tensor (samples come back
-    as they went in), else as computed."""
-    return z.to(x.dtype) if torch.is_tensor(x) and x.is_floating_point() else z
+    """``z`` in the dtype of the caller's input ``x`` (a tensor or an array: ``torch.as_tensor(x).dtype``,
+    so a float64 numpy array gives float64) when that is a float dtype (samples come back as they
+    went in), else as computed."""
+    dtype = x.dtype if torch.is_tensor(x) else torch.as_tensor(x).dtype
+    return z.to(dtype) if dtype.is_floating_point else z
 
 
 @contextlib.contextmanager
@@ -242,7 +244,8 @@ class OneStepModule(pl.LightningModule):
     def sample_input(self, x0, steps: int, labels) -> tuple[Tensor, Tensor | None]:
         """What :meth:`sample` maps: ``x0`` ``(n, *data_shape)`` (a tensor or an array) on the module's
         device and in its dtype, and the checked ``labels``; ``ValueError`` naming the bad argument.
-        :meth:`sample` runs the net in eval mode (:func:`eval_mode`) and returns ``x0``'s float dtype."""
+        :meth:`sample` runs the net in eval mode (:func:`eval_mode`) and returns ``x0``'s float dtype
+        (:func:`in_dtype_of`; of an array too, e.g. float64 for a float64 numpy array)."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         self.check_steps(steps)
