@@ -66,6 +66,12 @@ class OTNeuralFlowMatching(OneStepModule):
     (``ResNetFlow``, ``AffineCouplingFlow``) also give :meth:`inverse`, data -> source in one call.
     Validation logs ``val/var_ratio`` (generated over target variance; near 0 means mean collapse).
 
+    Extension points for subclasses: :meth:`flow_map` (how the net is called), :meth:`sample_times`
+    (the ``(n,)`` regression times), :meth:`trial_output` (the output :meth:`check_net` checks before
+    training, including ``F(x, 0) = x``; ``None`` skips the checks), :attr:`supported_steps` (default
+    ``(1,)``, checked by :meth:`check_steps`; widen it with a few-step :meth:`sample` of your own),
+    :meth:`as_pair` (batches of another form than ``Pair``).
+
     Args:
         net: the flow map; default :class:`~otflow_lightning.nets.ResidualFlowMap` around a 3x256
             :class:`~otflow_lightning.nets.TimeMLP`.
