@@ -8,6 +8,8 @@ or from Python: ``python examples/subclass_meanflow.py``. Reload with
 ``HuberMeanFlow.load_from_checkpoint(path)``: the class comes back as itself.
 """
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -33,9 +35,10 @@ class ResidualMLP(nn.Module):
 class HuberMeanFlow(OTMeanFlow):
     """OT-MF with a residual MLP, a pseudo-Huber loss weight and more weight on long intervals."""
 
-    def __init__(self, width: int = 256, **kwargs):
-        kwargs.setdefault("data_shape", (2,))
-        super().__init__(net=ResidualMLP(kwargs["data_shape"][0], width), **kwargs)
+    # defaults as explicit parameters: under the otflow CLI, jsonargparse passes the parent's defaults
+    # explicitly, so a kwargs.setdefault(...) here would never take effect
+    def __init__(self, width: int = 256, data_shape: Sequence[int] = (2,), **kwargs):
+        super().__init__(net=ResidualMLP(data_shape[0], width), data_shape=data_shape, **kwargs)
         self.save_hyperparameters()
 
     def loss_weight(self, sq_error):

@@ -59,6 +59,24 @@ def test_schedule_state_survives_a_checkpoint_and_keys_are_distinct():
     a, b = FIDCallback(name="fid"), FIDCallback(name="fid_val")
     assert a.state_key != b.state_key
     assert WassersteinCallback(method="exact").state_key != WassersteinCallback(method="sliced").state_key
+    # every setting that tells two callbacks of one class apart is in the key
+    for cls, one, other in [
+        (SamplingCallback, dict(steps=[1]), dict(steps=[2], every_n_steps=500)),
+        (SamplingCallback, dict(), dict(seed=1)),
+        (SamplingCallback, dict(), dict(every_n_epochs=3)),
+        (WassersteinCallback, dict(real="val"), dict(real="train")),
+        (WassersteinCallback, dict(), dict(n_real=500)),
+        (WassersteinCallback, dict(method="sliced"), dict(method="sliced", n_projections=64)),
+        (FIDCallback, dict(), dict(feature=64)),
+    ]:
+        assert cls(**one).state_key != cls(**other).state_key, (one, other)
+    assert SamplingCallback(steps=(1, 2)).state_key == SamplingCallback(steps=[1, 2]).state_key
+    assert SamplingCallback(n_samples=64, steps=[1, 2], every_n_epochs=3).state_key == (
+        "SamplingCallback{'n_samples': '64', 'steps': '[1, 2]', 'seed': '4321', 'every_n_epochs': '3', 'every_n_steps': 'None'}")
+    # a Dataset (whose repr holds its address) is left out: the key is the same in every run
+    real = [TensorDataset(torch.randn(8, 2)) for _ in range(2)]
+    assert WassersteinCallback(real=real[0]).state_key == WassersteinCallback(real=real[1]).state_key
+    assert "TensorDataset" not in WassersteinCallback(real=real[0]).state_key
     cb = SamplingCallback(every_n_steps=10)
     cb.load_state_dict({"runs": 4, "last_step": 30})
     fake_trainer = type("T", (), {"global_step": 35})()
@@ -93,6 +111,55 @@ class Shift(pl.LightningModule):
 class RawWeights(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, *args):
         self.raw = pl_module.shift.detach().clone()
+
+
+def test_two_callbacks_of_one_class_with_other_settings_run_side_by_side(tmp_path):
+    """Lightning refuses two stateful callbacks with one ``state_key``; a subclass adds its own settings."""
+
+    class MeanError(WassersteinCallback):
+        state_key_attrs = WassersteinCallback.state_key_attrs + ("scale",)
+
+        def __init__(self, scale: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = scale
+
+    callbacks = [SamplingCallback(steps=[1]), SamplingCallback(steps=[2], every_n_steps=500),
+                 MeanError(n_samples=500), MeanError(n_samples=500, every_n_steps=100), MeanError(scale=2.0)]
+    _trainer(tmp_path, callbacks)  # no "more than one stateful callback" error
+    assert len({cb.state_key for cb in callbacks}) == len(callbacks)
+    with pytest.raises(RuntimeError, match="more than one stateful callback"):  # the same settings twice still collide
+        _trainer(tmp_path, [SamplingCallback(steps=[1]), SamplingCallback(steps=[1])])
+
+
+def test_a_checkpoint_keyed_by_an_older_release_still_restores_the_schedule(tmp_path):
+    """Older releases keyed the state by name / method / n_samples alone (``SamplingCallback{'n_samples': '64'}``
+    for the shipped configs' sampler); resuming such a checkpoint restores the schedule under the new key."""
+    real = TensorDataset(torch.randn(40, 2, generator=torch.Generator().manual_seed(0)))
+    loaders = DataLoader(real, batch_size=10), DataLoader(real, batch_size=20)
+    settings = dict(n_samples=64, steps=[1, 2], every_n_epochs=3)
+    cb = SamplingCallback(**settings)
+    trainer = _trainer(tmp_path, [cb], max_steps=4, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(Shift(), *loaders)
+    state = cb.state_dict()
+    assert state == {"runs": 2, "last_step": 2}  # rendered at the first validation only
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    states = dict(checkpoint["callbacks"])
+    old = dict(checkpoint, callbacks={"SamplingCallback{'n_samples': '64'}": states.pop(cb.state_key), **states})
+    torch.save(old, tmp_path / "old.ckpt")
+
+    def resume(path, *callbacks):
+        trainer = _trainer(tmp_path, list(callbacks), max_steps=4, val_check_interval=2, check_val_every_n_epoch=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's "add the following callbacks: [the old key]"
+            trainer.fit(Shift(), *loaders, ckpt_path=str(path))
+        return [c.state_dict() for c in callbacks]
+
+    assert resume(tmp_path / "new.ckpt", SamplingCallback(**settings)) == [state]
+    assert resume(tmp_path / "old.ckpt", SamplingCallback(**settings)) == [state]
+    # two callbacks with the old key: which one wrote the state is unknown, so neither takes it
+    fresh = {"runs": 0, "last_step": None}
+    assert resume(tmp_path / "old.ckpt", SamplingCallback(**settings), SamplingCallback(n_samples=64)) == [fresh, fresh]
 
 
 @pytest.mark.parametrize("ema_first", [True, False])

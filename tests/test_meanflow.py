@@ -212,6 +212,8 @@ def test_sample_runs_the_net_in_eval_mode_and_in_its_dtype(module):
     # a float64 input to a float32 module, a float32 input to a bfloat16 module: computed in the
     # module's dtype, returned in the input's
     assert model.sample(x0.double()).dtype == torch.float64
+    assert model.sample(x0.double().numpy()).dtype == torch.float64  # an array too: x0's dtype, as documented
+    assert model.sample(x0.numpy()).dtype == torch.float32
     half = model.to(torch.bfloat16)
     assert half.sample(x0).dtype == torch.float32 and half.generate(4).dtype == torch.bfloat16
 
@@ -273,6 +275,39 @@ def test_float64_data_trains_in_the_modules_dtype():
     assert trainer.global_step == 3
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_batches_of_another_form_go_through_the_as_pair_hook_and_log_their_own_size():
+    """A DataModule of ``(x0, x1)`` tuples: ``as_pair`` converts them, the pair is cast to the module's
+    dtype, and the epoch means weight each batch by its number of pairs (32 and 8), not ``len(tuple)``."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class TupleMeanFlow(OTMeanFlow):
+        def as_pair(self, batch):
+            return Pair(batch[0], batch[1])
+
+        def loss(self, pair):
+            assert pair.x1.dtype == torch.float32
+            return torch.tensor(float(len(pair))), {}
+
+    x = torch.randn(40, 2, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(x, x + 1), batch_size=32)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    model = TupleMeanFlow()
+    expected = (32 * 32 + 8 * 8) / 40  # each batch's loss is its size
+    assert trainer.validate(model, loader, verbose=False)[0]["val/loss"] == pytest.approx(expected)
+    assert trainer.test(model, loader, verbose=False)[0]["test/loss"] == pytest.approx(expected)
+    assert [s.shape for s in trainer.predict(model, loader)] == [(32, 2), (8, 2)]
+    with pytest.raises(TypeError, match="override as_pair"):
+        OTMeanFlow().validation_step((x, x), 0)
+
+    class Broken(OTMeanFlow):
+        def as_pair(self, batch):
+            return batch
+
+    with pytest.raises(TypeError, match="Broken.as_pair returned a tuple; it must return a Pair"):
+        Broken().training_step((x, x), 0)
 
 
 class WrongWidthNet(nn.Module):

@@ -104,6 +104,41 @@ def test_sample_refuses_composition_and_inverse_needs_invertible_map():
     assert torch.allclose(model.inverse(model.sample(x0)), x0, atol=1e-5)
 
 
+def test_a_subclass_without_a_trial_skips_the_flow_map_check():
+    """``trial_output`` returning ``None`` means "no check" (as in OneStepModule), not a crash."""
+
+    class NoTrial(OTNeuralFlowMatching):
+        def trial_output(self, x, labels):
+            return None
+
+    assert NoTrial(net=TimeMLP(2, 16, 1, num_times=1)).check_net() is None  # not a flow map, but unchecked
+    with pytest.raises(ValueError, match="is not a flow map"):
+        OTNeuralFlowMatching(net=TimeMLP(2, 16, 1, num_times=1)).check_net()
+
+
+def test_check_steps_follows_a_subclass_supported_steps_and_names_it():
+    class TwoStep(OTNeuralFlowMatching):
+        supported_steps = (1, 2)
+
+        @torch.no_grad()
+        def sample(self, x0, steps=1, labels=None):
+            z, labels = self.sample_input(x0, steps, labels)
+            for _ in range(steps):  # its own scheme: restart the map from each intermediate point
+                z = self.flow_map(z, torch.full((z.shape[0],), 1.0 / steps), labels)
+            return z
+
+    model = TwoStep()
+    assert model.sample(torch.randn(4, 2), steps=2).shape == (4, 2)
+    with pytest.raises(ValueError, match=r"TwoStep.sample does not support steps=3; allowed: \[1, 2\]"):
+        model.sample(torch.randn(4, 2), steps=3)
+
+    class OneStep(OTNeuralFlowMatching):
+        pass
+
+    with pytest.raises(ValueError, match="^OneStep.sample supports only steps=1, got steps=2: .*composing it"):
+        OneStep().sample(torch.randn(4, 2), steps=2)
+
+
 def test_loss_optimum_is_the_interpolant_of_a_deterministic_coupling():
     """Pairs x1 = A x0 + b: the regression's optimum is F(x0, t) = (1 - t) x0 + t (A x0 + b) at every t."""
     torch.manual_seed(0)

@@ -221,6 +221,13 @@ def real_batches(dataset: Dataset, indices: Sequence[int] | Tensor, batch_size: 
         yield batch_target(batch).to(device)
 
 
+def _plain(value) -> bool:
+    """A setting that reads the same in every run as a string: a number, string, ``None``, or a list of these."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float))
+
+
 class EvalCallback(pl.Callback):
     """Base of the evaluation callbacks: :meth:`evaluate` runs inside validation and its results
     are logged at the end of the validation epoch.
@@ -231,11 +238,30 @@ class EvalCallback(pl.Callback):
     ``validation_step`` and a validation dataloader) and evaluates at its pace; sanity checks are
     skipped.
 
+    **State key.** The schedule state (:meth:`state_dict`) is checkpointed under :attr:`state_key`,
+    which Lightning requires to differ between two callbacks of one class: it is the class name and
+    the settings named in :attr:`state_key_attrs` that the callback has, as strings
+    (``name``, ``method``, ``n_samples``, ``n_real``, ``real``, ``steps``, ``seed``,
+    ``every_n_epochs``, ``every_n_steps``, and a subclass's own, e.g. FID's ``feature``). So
+    ``SamplingCallback(steps=[1])`` and ``SamplingCallback(steps=[2], every_n_steps=500)`` can run
+    side by side. A setting that is not a number, string, ``None`` or list of these (``real`` given
+    as a ``Dataset``, a feature module) is left out: give two such callbacks distinct names. A
+    subclass with settings of its own adds their attribute names to ``state_key_attrs``. Changing
+    one of these settings between runs changes the key, so a resumed run starts the schedule afresh.
+    A checkpoint of an older release, keyed by ``name``, ``method`` and ``n_samples`` alone, is
+    still restored (:meth:`on_load_checkpoint`, which an override should call; Lightning warns that
+    the old key matches no callback).
+
     Args:
         every_n_epochs: evaluate every this many validation runs (default: every run).
         every_n_steps: instead, evaluate at the first validation run at least this many training
             steps after the previous evaluation (set ``Trainer(val_check_interval=...)`` to match).
     """
+
+    #: the settings that make up :attr:`state_key` (those of them the callback has)
+    state_key_attrs: tuple[str, ...] = (
+        "name", "method", "n_samples", "n_real", "real", "steps", "seed", "every_n_epochs", "every_n_steps",
+    )
 
     def __init__(self, every_n_epochs: int | None = None, every_n_steps: int | None = None) -> None:
         if every_n_epochs is not None and every_n_steps is not None:
@@ -256,8 +282,31 @@ class EvalCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        # distinct keys let two instances of a callback keep their schedules in one checkpoint
+        """The class name and the callback's settings (see "State key" above)."""
+        settings = {}
+        for attr in self.state_key_attrs:
+            if attr not in vars(self):
+                continue
+            value = vars(self)[attr]
+            value = list(value) if isinstance(value, tuple) else value  # steps=(1, 2) is steps=[1, 2]
+            if _plain(value):
+                settings[attr] = str(value)
+        return self._generate_state_key(**settings)
+
+    def _old_state_key(self) -> str:
+        """The key of releases that built it from ``name``, ``method`` and ``n_samples`` alone."""
         return self._generate_state_key(**{k: str(v) for k, v in vars(self).items() if k in ("name", "method", "n_samples")})
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Restore the schedule from a checkpoint of an older release (see "State key"): the state
+        under :meth:`_old_state_key`, when the checkpoint has none under :attr:`state_key` and no
+        other callback of the trainer has the same old key (which of them wrote it is unknown)."""
+        states = checkpoint.get("callbacks") or {}
+        old = self._old_state_key()
+        if self.state_key in states or old not in states or old == self.state_key:
+            return
+        if sum(isinstance(c, EvalCallback) and c._old_state_key() == old for c in trainer.callbacks) == 1:
+            self.load_state_dict(states[old])
 
     def state_dict(self) -> dict:
         return {"runs": self._runs, "last_step": self._last_step}

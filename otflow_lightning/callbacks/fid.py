@@ -73,6 +73,8 @@ class FIDCallback(EvalCallback):
         every_n_steps: instead, evaluate when at least this many training steps have passed.
     """
 
+    state_key_attrs = EvalCallback.state_key_attrs + ("feature", "weights_path", "antialias", "dataset_name")
+
     def __init__(
         self,
         real: str | Dataset = "train",

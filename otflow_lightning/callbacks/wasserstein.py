@@ -51,6 +51,8 @@ class WassersteinCallback(EvalCallback):
             callback against the training set: ``val/w2_train``, ``val/w2_train_2step``).
     """
 
+    state_key_attrs = EvalCallback.state_key_attrs + ("n_projections",)
+
     def __init__(
         self,
         n_samples: int = 2000,

@@ -115,9 +115,11 @@ def check_net_shape(net: nn.Module, data_shape: Sequence[int]) -> None:
 
 
 def in_dtype_of(z: Tensor, x) -> Tensor:
-    """``z`` in the dtype of the caller's input ``x`` when that is a float tensor (samples come back
-    as they went in), else as computed."""
-    return z.to(x.dtype) if torch.is_tensor(x) and x.is_floating_point() else z
+    """``z`` in the dtype of the caller's input ``x`` (a tensor or an array: ``torch.as_tensor(x).dtype``,
+    so a float64 numpy array gives float64) when that is a float dtype (samples come back as they
+    went in), else as computed."""
+    dtype = x.dtype if torch.is_tensor(x) else torch.as_tensor(x).dtype
+    return z.to(dtype) if dtype.is_floating_point else z
 
 
 @contextlib.contextmanager
@@ -144,7 +146,8 @@ class OneStepModule(pl.LightningModule):
 
     Subclasses implement :meth:`loss` (``Pair -> (loss, logs)``) and :meth:`sample`, and set
     :attr:`supported_steps`; optionally :meth:`trial_output`, the net's output that is checked before
-    training. Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
+    training, and :meth:`as_pair`, which turns a batch of another form than ``Pair`` into one.
+    Callbacks depend only on ``sample(x0, steps)`` and ``generate``.
 
     **Class-conditional generation** (``num_classes``): the net gets the batch's labels (a net built
     with ``num_classes``: :class:`~otflow_lightning.nets.TimeMLP`, :class:`~otflow_lightning.nets.UNet`),
@@ -242,7 +245,8 @@ class OneStepModule(pl.LightningModule):
     def sample_input(self, x0, steps: int, labels) -> tuple[Tensor, Tensor | None]:
         """What :meth:`sample` maps: ``x0`` ``(n, *data_shape)`` (a tensor or an array) on the module's
         device and in its dtype, and the checked ``labels``; ``ValueError`` naming the bad argument.
-        :meth:`sample` runs the net in eval mode (:func:`eval_mode`) and returns ``x0``'s float dtype."""
+        :meth:`sample` runs the net in eval mode (:func:`eval_mode`) and returns ``x0``'s float dtype
+        (:func:`in_dtype_of`; of an array too, e.g. float64 for a float64 numpy array)."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         self.check_steps(steps)
@@ -393,18 +397,31 @@ class OneStepModule(pl.LightningModule):
         checks before training; ``None`` (the default for subclasses): no check."""
         return None
 
-    def _as_pair(self, batch) -> Pair:
+    def as_pair(self, batch) -> Pair:
+        """The :class:`~otflow_lightning.data.Pair` of a dataloader batch: the hook for batches of
+        another form (your own DataModule yielding, e.g., ``(x0, x1)`` tuples: return ``Pair(x0, x1)``).
+        ``training_step``, ``validation_step``, ``test_step`` and ``predict_step`` all go through it;
+        the pair is then cast to the module's dtype. The default takes ``Pair`` batches only
+        (:class:`~otflow_lightning.OTPairDataModule`'s) and raises ``TypeError`` for others."""
         if not isinstance(batch, Pair):
             raise TypeError(
                 f"{type(self).__name__} expects a Pair batch from OTPairDataModule (got {type(batch).__name__}); "
-                "train it with otflow_lightning.OTPairDataModule or build Pair(x0, x1) yourself"
+                "train it with otflow_lightning.OTPairDataModule, build Pair(x0, x1) yourself, or override "
+                "as_pair(batch) to convert your batches"
             )
-        if batch.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
-            batch = dataclasses.replace(batch, x0=batch.x0.to(self.dtype), x1=batch.x1.to(self.dtype))
         return batch
 
+    def _pair(self, batch) -> Pair:
+        """:meth:`as_pair`, checked and in the module's dtype."""
+        pair = self.as_pair(batch)
+        if not isinstance(pair, Pair):
+            raise TypeError(f"{type(self).__name__}.as_pair returned a {type(pair).__name__}; it must return a Pair")
+        if pair.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
+            pair = dataclasses.replace(pair, x0=pair.x0.to(self.dtype), x1=pair.x1.to(self.dtype))
+        return pair
+
     def training_step(self, batch: Pair, batch_idx: int) -> Tensor:
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         loss, logs = self.loss(pair)
         if not torch.isfinite(loss):
             bad = [name for name in ("x0", "x1") if not torch.isfinite(getattr(pair, name)).all()]
@@ -426,16 +443,18 @@ class OneStepModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
-        loss, _ = self.loss(self._as_pair(batch))
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        pair = self._pair(batch)
+        loss, _ = self.loss(pair)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
 
     def test_step(self, batch: Pair, batch_idx: int) -> None:
-        loss, _ = self.loss(self._as_pair(batch))
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch))
+        pair = self._pair(batch)
+        loss, _ = self.loss(pair)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(pair))
 
     def predict_step(self, batch: Pair, batch_idx: int) -> Tensor:
         """One-step samples from the batch's source draws (of the batch's labels, if conditional): ``(n, *data_shape)``."""
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

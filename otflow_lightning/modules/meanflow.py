@@ -70,7 +70,8 @@ class OTMeanFlow(OneStepModule):
     flash attention).
 
     Extension points for subclasses: :meth:`sample_times` (the (t, e) sampler),
-    :meth:`loss_weight` (adaptive weighting), :meth:`average_velocity` (how the net is called).
+    :meth:`loss_weight` (adaptive weighting), :meth:`average_velocity` (how the net is called),
+    :meth:`as_pair` (batches of another form than ``Pair``).
 
     Args:
         net: average-velocity network; default a 3x256 :class:`~otflow_lightning.nets.TimeMLP`.

@@ -66,6 +66,12 @@ class OTNeuralFlowMatching(OneStepModule):
     (``ResNetFlow``, ``AffineCouplingFlow``) also give :meth:`inverse`, data -> source in one call.
     Validation logs ``val/var_ratio`` (generated over target variance; near 0 means mean collapse).
 
+    Extension points for subclasses: :meth:`flow_map` (how the net is called), :meth:`sample_times`
+    (the ``(n,)`` regression times), :meth:`trial_output` (the output :meth:`check_net` checks before
+    training, including ``F(x, 0) = x``; ``None`` skips the checks), :attr:`supported_steps` (default
+    ``(1,)``, checked by :meth:`check_steps`; widen it with a few-step :meth:`sample` of your own),
+    :meth:`as_pair` (batches of another form than ``Pair``).
+
     Args:
         net: the flow map; default :class:`~otflow_lightning.nets.ResidualFlowMap` around a 3x256
             :class:`~otflow_lightning.nets.TimeMLP`.
@@ -129,10 +135,14 @@ class OTNeuralFlowMatching(OneStepModule):
     def trial_output(self, x: Tensor, labels: Tensor | None) -> Tensor:
         return self.flow_map(x, torch.zeros(x.shape[0], device=x.device, dtype=x.dtype), labels)
 
-    def check_net(self) -> tuple[Tensor, Tensor]:
+    def check_net(self) -> tuple[Tensor, Tensor] | None:
         """The base checks, and that the net is a flow map: ``F(x, 0) = x`` (e.g. not a bare net
-        without :class:`~otflow_lightning.nets.ResidualFlowMap`)."""
-        x, out = super().check_net()  # OT-NFM defines its trial
+        without :class:`~otflow_lightning.nets.ResidualFlowMap`). A subclass whose
+        :meth:`trial_output` returns ``None`` skips both (returns ``None``)."""
+        checked = super().check_net()
+        if checked is None:  # the subclass defines no trial
+            return None
+        x, out = checked
         off = float((out - x).abs().max())
         if not off <= 1e-3 * max(1.0, float(x.abs().max())):
             raise ValueError(
@@ -173,7 +183,7 @@ class OTNeuralFlowMatching(OneStepModule):
         return flow + self.endpoint_weight * endpoint, {"flow_mse": flow.detach(), "endpoint_mse": endpoint.detach()}
 
     def validation_step(self, batch: Pair, batch_idx: int) -> None:
-        pair = self._as_pair(batch)
+        pair = self._pair(batch)
         loss, _ = self.loss(pair)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(pair))
         # collapse detector: one-step samples of this batch's source against its targets
@@ -184,11 +194,14 @@ class OTNeuralFlowMatching(OneStepModule):
 
     # ---------------------------------------------------------------- sampling
     def check_steps(self, steps: int) -> None:
-        if steps != 1:
+        """As :meth:`OneStepModule.check_steps` (a subclass may widen :attr:`supported_steps` with its
+        own few-step :meth:`sample`); for the one-step map, the error says why it cannot compose."""
+        if self.supported_steps is not None and tuple(self.supported_steps) == (1,) and steps != 1:
             raise ValueError(
-                f"OTNeuralFlowMatching.sample supports only steps=1, got steps={steps}: the map always starts at "
+                f"{type(self).__name__}.sample supports only steps=1, got steps={steps}: the map always starts at "
                 "time 0, so composing it (F(F(x0, 1/2), 1/2)) is not the flow. Evaluate with steps=1."
             )
+        super().check_steps(steps)
 
     @torch.no_grad()
     def sample(self, x0: Tensor, steps: int = 1, labels: Tensor | None = None) -> Tensor:
