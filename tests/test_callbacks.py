@@ -131,9 +131,7 @@ def test_two_callbacks_of_one_class_with_other_settings_run_side_by_side(tmp_pat
         _trainer(tmp_path, [SamplingCallback(steps=[1]), SamplingCallback(steps=[1])])
 
 
-def test_a_checkpoint_keyed_by_an_older_release_still_restores_the_schedule(tmp_path):
-    """Older releases keyed the state by name / method / n_samples alone (``SamplingCallback{'n_samples': '64'}``
-    for the shipped configs' sampler); resuming such a checkpoint restores the schedule under the new key."""
+def test_the_schedule_is_restored_under_the_settings_key(tmp_path):
     real = TensorDataset(torch.randn(40, 2, generator=torch.Generator().manual_seed(0)))
     loaders = DataLoader(real, batch_size=10), DataLoader(real, batch_size=20)
     settings = dict(n_samples=64, steps=[1, 2], every_n_epochs=3)
@@ -142,24 +140,11 @@ def test_a_checkpoint_keyed_by_an_older_release_still_restores_the_schedule(tmp_
     trainer.fit(Shift(), *loaders)
     state = cb.state_dict()
     assert state == {"runs": 2, "last_step": 2}  # rendered at the first validation only
-    trainer.save_checkpoint(tmp_path / "new.ckpt")
-    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
-    states = dict(checkpoint["callbacks"])
-    old = dict(checkpoint, callbacks={"SamplingCallback{'n_samples': '64'}": states.pop(cb.state_key), **states})
-    torch.save(old, tmp_path / "old.ckpt")
-
-    def resume(path, *callbacks):
-        trainer = _trainer(tmp_path, list(callbacks), max_steps=4, val_check_interval=2, check_val_every_n_epoch=None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Lightning's "add the following callbacks: [the old key]"
-            trainer.fit(Shift(), *loaders, ckpt_path=str(path))
-        return [c.state_dict() for c in callbacks]
-
-    assert resume(tmp_path / "new.ckpt", SamplingCallback(**settings)) == [state]
-    assert resume(tmp_path / "old.ckpt", SamplingCallback(**settings)) == [state]
-    # two callbacks with the old key: which one wrote the state is unknown, so neither takes it
-    fresh = {"runs": 0, "last_step": None}
-    assert resume(tmp_path / "old.ckpt", SamplingCallback(**settings), SamplingCallback(n_samples=64)) == [fresh, fresh]
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    again = SamplingCallback(**settings)
+    trainer = _trainer(tmp_path, [again], max_steps=4, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(Shift(), *loaders, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert again.state_dict() == state
 
 
 @pytest.mark.parametrize("ema_first", [True, False])

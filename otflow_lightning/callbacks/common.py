@@ -247,10 +247,8 @@ class EvalCallback(pl.Callback):
     side by side. A setting that is not a number, string, ``None`` or list of these (``real`` given
     as a ``Dataset``, a feature module) is left out: give two such callbacks distinct names. A
     subclass with settings of its own adds their attribute names to ``state_key_attrs``. Changing
-    one of these settings between runs changes the key, so a resumed run starts the schedule afresh.
-    A checkpoint of an older release, keyed by ``name``, ``method`` and ``n_samples`` alone, is
-    still restored (:meth:`on_load_checkpoint`, which an override should call; Lightning warns that
-    the old key matches no callback).
+    one of these settings between runs changes the key, so a resumed run starts the schedule afresh
+    (Lightning warns that the checkpoint's key matches no callback).
 
     Args:
         every_n_epochs: evaluate every this many validation runs (default: every run).
@@ -292,21 +290,6 @@ class EvalCallback(pl.Callback):
             if _plain(value):
                 settings[attr] = str(value)
         return self._generate_state_key(**settings)
-
-    def _old_state_key(self) -> str:
-        """The key of releases that built it from ``name``, ``method`` and ``n_samples`` alone."""
-        return self._generate_state_key(**{k: str(v) for k, v in vars(self).items() if k in ("name", "method", "n_samples")})
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        """Restore the schedule from a checkpoint of an older release (see "State key"): the state
-        under :meth:`_old_state_key`, when the checkpoint has none under :attr:`state_key` and no
-        other callback of the trainer has the same old key (which of them wrote it is unknown)."""
-        states = checkpoint.get("callbacks") or {}
-        old = self._old_state_key()
-        if self.state_key in states or old not in states or old == self.state_key:
-            return
-        if sum(isinstance(c, EvalCallback) and c._old_state_key() == old for c in trainer.callbacks) == 1:
-            self.load_state_dict(states[old])
 
     def state_dict(self) -> dict:
         return {"runs": self._runs, "last_step": self._last_step}
