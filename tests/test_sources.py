@@ -100,3 +100,20 @@ def test_bad_sources_are_named(registered):
         register_source("moons", square)
     with pytest.raises(ValueError, match="source '8gaussians' is a 2D toy but the data have shape"):
         OTMeanFlow(source="8gaussians", data_shape=(3,))
+
+
+def test_callbacks_evaluate_a_translation_model_on_its_source_dataset():
+    """Under source_data the evaluation callbacks map items of the source set (they drew N(0, I)),
+    the same items for any split across ranks."""
+    import types
+
+    source = torch.utils.data.TensorDataset(10 + torch.randn(300, 2, generator=torch.Generator().manual_seed(0)))
+    dm = OTPairDataModule(target="moons", source_data=source, batch_size=50, toy_size=500, seed=0)
+    model = OTMeanFlow(net=Zero())
+    model._trainer = types.SimpleNamespace(datamodule=dm)
+    whole = torch.cat(list(source_noise(model, 0, 400, seed=3, chunk=128)))
+    assert whole.shape == (400, 2) and (whole > 5).all()  # the source items, not N(0, I)
+    items = {tuple(x.tolist()) for x in whole[:300]}
+    assert len(items) == 300 and torch.equal(whole[300:], whole[:100])  # each item once, then again
+    split = torch.cat([*source_noise(model, 0, 170, seed=3, chunk=64), *source_noise(model, 170, 400, seed=3, chunk=64)])
+    assert torch.equal(split, whole)

@@ -5,7 +5,8 @@ data read by index, and when evaluation runs (inside validation, so EMA weights 
 
 - ``sample(x0, steps) -> Tensor``: map source samples ``(n, *data_shape)`` to target samples;
 - ``data_shape``: the shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``;
-- optionally ``source`` (default ``"gaussian"``: N(0, I); or a 2D toy name),
+- optionally ``source`` (default ``"gaussian"``: N(0, I); or a 2D toy name, or a registered
+  source; a datamodule's ``source_dataset`` takes its place, see :func:`source_noise`),
   ``supported_steps`` (the step counts ``sample`` accepts; default: evaluate at 1 step) and
   ``num_classes`` (class-conditional: ``sample(x0, steps, labels=...)`` is called with the
   balanced labels ``i % num_classes`` of the fixed sample indices ``i``; see :func:`eval_labels`).
@@ -85,9 +86,20 @@ def source_noise(module: pl.LightningModule, start: int, stop: int, seed: int, c
     """Source samples ``start..stop`` of a fixed sequence, in pieces of at most ``chunk``, on the module's device.
 
     Sample ``i`` belongs to chunk ``i // chunk``, drawn on the CPU from ``seed + i // chunk``: the
-    same sample set for any split across ranks, any device and at every call.
+    same sample set for any split across ranks, any device and at every call. A model trained on a
+    source *dataset* (the datamodule's ``source_dataset``, unpaired translation) is evaluated on its
+    items instead: sample ``i`` is item ``order[i % len]`` of a fixed permutation ``order`` seeded
+    by ``seed`` (items repeat when more samples than items are asked for).
     """
     source, shape = check_protocol(module)
+    trainer = getattr(module, "_trainer", None)
+    dataset = getattr(getattr(trainer, "datamodule", None), "source_dataset", None)
+    if dataset is not None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        for lo in range(start, stop, chunk):
+            yield from real_batches(dataset, order[torch.arange(lo, min(lo + chunk, stop)) % len(dataset)],
+                                    chunk, module.device)
+        return
     for c in range(start // chunk, -(-stop // chunk)):
         gen = torch.Generator(device="cpu").manual_seed(seed + c)
         x0 = draw_source(source, chunk, shape, generator=gen, device="cpu")

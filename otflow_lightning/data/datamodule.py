@@ -231,6 +231,15 @@ class OTPairDataModule(pl.LightningDataModule):
         return self._train
 
     @property
+    def source_dataset(self) -> Dataset | None:
+        """Under ``source_data`` the set validation sources come from (items ``x`` or ``(x, label)``;
+        the evaluation callbacks map these), else ``None``: sources are drawn from ``source``."""
+        if self.source_data is None:
+            return None
+        self.setup("fit")
+        return self._source_val
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one target sample."""
         self.setup("fit")
