@@ -117,3 +117,16 @@ def test_callbacks_evaluate_a_translation_model_on_its_source_dataset():
     assert len(items) == 300 and torch.equal(whole[300:], whole[:100])  # each item once, then again
     split = torch.cat([*source_noise(model, 0, 170, seed=3, chunk=64), *source_noise(model, 170, 400, seed=3, chunk=64)])
     assert torch.equal(split, whole)
+
+
+def test_a_draw_source_override_warns_that_evaluation_draws_the_named_source(tmp_path):
+    import lightning.pytorch as pl
+
+    class Shifted(OTPairDataModule):
+        def draw_source(self, x1, generator):
+            return square(x1.shape[0], x1.shape[1:], generator, x1.device)
+
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="Shifted overrides draw_source: training pairs use it, but generate"):
+        trainer.fit(OTMeanFlow(), Shifted(target="moons", batch_size=64, toy_size=256))

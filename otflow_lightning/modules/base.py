@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import Tensor, nn
 
-from ..data.datamodule import Pair
+from ..data.datamodule import OTPairDataModule, Pair
 from ..data.sources import check_source, draw_source
 from ..nets import ResidualFlowMap, TimeMLP, UNet
 from ..utils import rank_generator
@@ -355,6 +355,12 @@ class OneStepModule(pl.LightningModule):
             raise ValueError(
                 f"mismatched config: the model's source is {self.source!r} but the data's is {dm_source!r}; "
                 "set model.source and data.source alike (the otflow CLI links them)"
+            )
+        if isinstance(dm, OTPairDataModule) and type(dm).draw_source is not OTPairDataModule.draw_source:
+            rank_zero_warn(
+                f"{type(dm).__name__} overrides draw_source: training pairs use it, but generate() and the evaluation "
+                f"callbacks draw from the model's source {self.source!r}. To use one source everywhere, register it "
+                "(otflow_lightning.data.register_source) and name it as data.source"
             )
         conditional = getattr(dm, "conditional", None)
         if conditional is False and self.num_classes is not None and getattr(getattr(dm, "coupler", None), "method", None) != "independent":
