@@ -178,6 +178,10 @@ def test_sample_checks_its_input_and_names_the_argument(module):
         with pytest.raises(ValueError, match=message):
             conditional.sample(torch.zeros(3, 2), labels=torch.tensor(labels))
     assert conditional.sample(torch.zeros(3, 2), labels=torch.tensor([3, 0, 2])).shape == (3, 2)  # 3: the null label
+    for n in (2.5, -1, True):
+        with pytest.raises(ValueError, match=r"n must be a number of samples \(an integer >= 0\), got"):
+            model.generate(n)
+    assert model.generate(0).shape == (0, 2)
 
 
 @pytest.mark.parametrize("module", ["mf", "nfm"])

@@ -270,6 +270,8 @@ class OneStepModule(pl.LightningModule):
         A class-conditional module generates ``labels`` ``(n,)``, by default the balanced sequence
         ``0, 1, ..., num_classes - 1, 0, 1, ...``.
         """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"n must be a number of samples (an integer >= 0), got {n!r}")
         x0 = draw_source(self.source, n, self.data_shape, generator=generator, device=self.device).to(self.dtype)
         if labels is None and self.num_classes is not None:
             labels = torch.arange(n, device=self.device) % self.num_classes
