@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
+from otflow_lightning.modules.base import saved_class as saved_class_of
 
 __all__ = ["OTFlowCLI", "VersionedConfigSaver", "main", "entry_point"]
 
@@ -191,7 +192,8 @@ class OTFlowCLI(LightningCLI):
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return
         try:
-            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            hparams = dict(checkpoint.get("hyper_parameters") or {})
         except Exception as err:  # torch raises KeyError, EOFError, RuntimeError or UnpicklingError on a bad file
             if "Unsupported global" in str(err):
                 raise  # a checkpoint holding a type torch does not load by default: its message names it
@@ -200,9 +202,9 @@ class OTFlowCLI(LightningCLI):
                              "file (a job killed while saving) or not a torch file; give an earlier checkpoint of "
                              "the run") from None
         hparams.pop("_instantiator", None)
-        if not hparams:
+        saved_class = saved_class_of(checkpoint)  # also of a module saved from Python
+        if not hparams and not saved_class:
             return
-        saved_class = hparams.get("_class_path")
         config_class = getattr(model, "class_path", None)
         saved, configured = _resolve(saved_class or ""), _resolve(config_class or "")
         related = isinstance(saved, type) and isinstance(configured, type) and (

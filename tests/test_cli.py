@@ -99,6 +99,12 @@ def test_checkpoint_resumes_and_reloads(in_tmp):
     with pytest.raises(ValueError, match=r"holds a otflow_lightning\.OTMeanFlow checkpoint but the config trains "
                                          r"otflow_lightning\.OTNeuralFlowMatching"):
         main(["fit", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), *QUIET, f"--ckpt_path={ckpt}"])
+    from otflow_lightning import OTNeuralFlowMatching
+
+    with pytest.raises(ValueError, match=r"holds a otflow_lightning.OTMeanFlow checkpoint, not a .*OTNeuralFlowMatching "
+                                         r"one; load it with OTMeanFlow.load_from_checkpoint"):
+        OTNeuralFlowMatching.load_from_checkpoint(ckpt)
+    assert type(OTMeanFlow.load_from_checkpoint(ckpt)) is OTMeanFlow
     with pytest.warns(UserWarning, match="otflow validate without --ckpt_path runs a model with freshly initialised"):
         main(["validate", *args, "--trainer.limit_val_batches=1"])
 
@@ -158,6 +164,17 @@ def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
                 "--trainer.logger=false", *QUIET, "--ckpt_path=python.ckpt"])
     assert type(cli.model) is OTMeanFlow and cli.model.hparams.lr == 0.01
     assert all(torch.equal(a, b) for a, b in zip(cli.model.state_dict().values(), module.state_dict().values()))
+    # loaded as the other module class, from Python or under otflow: a message that names the class
+    from otflow_lightning import OTNeuralFlowMatching
+
+    with pytest.raises(ValueError, match=r"python.ckpt holds a otflow_lightning.modules.meanflow.OTMeanFlow checkpoint, "
+                                         r"not a otflow_lightning.modules.nfm.OTNeuralFlowMatching one; load it with "
+                                         r"OTMeanFlow.load_from_checkpoint"):
+        OTNeuralFlowMatching.load_from_checkpoint("python.ckpt")
+    with pytest.raises(ValueError, match=r"python.ckpt holds a otflow_lightning.modules.meanflow.OTMeanFlow checkpoint "
+                                         r"but the config trains otflow_lightning.OTNeuralFlowMatching"):
+        main(["validate", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), "--data.source=gaussian",
+              "--trainer.logger=false", *QUIET, "--ckpt_path=python.ckpt"])
 
 
 EXTENSION = textwrap.dedent(

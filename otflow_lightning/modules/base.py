@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import math
 import numbers
+import os
 from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -139,6 +141,31 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         for m, training in modes[1:]:
             if m.training != training:
                 m.training = training
+
+
+#: where a checkpoint records the class of the module that saved it (LightningCLI records it only for
+#: the modules it builds, as ``hyper_parameters["_class_path"]``)
+CLASS_KEY = "otflow_module_class"
+
+
+def saved_class(checkpoint: dict) -> str | None:
+    """The dotted path of the module class a checkpoint was saved from, where it says."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return hparams.get("_class_path") or checkpoint.get(CLASS_KEY)
+
+
+def check_checkpoint_class(checkpoint: dict, cls: type, path) -> None:
+    """``ValueError`` if the checkpoint at ``path`` was saved from a module class that is neither
+    ``cls`` nor related to it (a subclass or a parent; an unimportable class is not checked)."""
+    saved = saved_class(checkpoint)
+    module, _, name = (saved or "").rpartition(".")
+    try:
+        saved_cls = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError, ValueError):
+        saved_cls = None
+    if isinstance(saved_cls, type) and not (issubclass(saved_cls, cls) or issubclass(cls, saved_cls)):
+        raise ValueError(f"{path} holds a {saved} checkpoint, not a {cls.__module__}.{cls.__qualname__} one; load "
+                         f"it with {name}.load_from_checkpoint, or give a checkpoint of a {cls.__name__} run")
 
 
 class OneStepModule(pl.LightningModule):
@@ -464,6 +491,22 @@ class OneStepModule(pl.LightningModule):
         """One-step samples from the batch's source draws (of the batch's labels, if conditional): ``(n, *data_shape)``."""
         pair = self._pair(batch)
         return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``, refusing first a checkpoint of another module class
+        (an OT-MF checkpoint loaded as OT-NFM: Lightning's own error blames an import, or the net)."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            try:  # memory-mapped: the tensors are not read
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # not a zip checkpoint, or types torch does not load by default: Lightning reports
+                checkpoint = None
+            if isinstance(checkpoint, dict):
+                check_checkpoint_class(checkpoint, cls, checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Warn when the checkpoint's net differs from this module's and the checkpoint cannot rebuild
