@@ -171,6 +171,10 @@ def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
                                          r"not a otflow_lightning.modules.nfm.OTNeuralFlowMatching one; load it with "
                                          r"OTMeanFlow.load_from_checkpoint"):
         OTNeuralFlowMatching.load_from_checkpoint("python.ckpt")
+    with pytest.raises(ValueError, match="the checkpoint holds a otflow_lightning.modules.meanflow.OTMeanFlow checkpoint"):
+        pl.Trainer(max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                   default_root_dir=".").fit(OTNeuralFlowMatching(source="gaussian"),
+                                             OTPairDataModule(source="gaussian", batch_size=64), ckpt_path="python.ckpt")
     with pytest.raises(ValueError, match=r"python.ckpt holds a otflow_lightning.modules.meanflow.OTMeanFlow checkpoint "
                                          r"but the config trains otflow_lightning.OTNeuralFlowMatching"):
         main(["validate", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), "--data.source=gaussian",

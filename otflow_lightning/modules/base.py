@@ -512,7 +512,9 @@ class OneStepModule(pl.LightningModule):
         """Warn when the checkpoint's net differs from this module's and the checkpoint cannot rebuild
         it (a net built in Python is not among its hyperparameters): the usual cause is
         ``load_from_checkpoint(path)`` without ``net=``, and the state-dict error that follows does not say so.
-        Nets with uninitialised (lazy) parameters are not compared."""
+        Nets with uninitialised (lazy) parameters are not compared. A checkpoint of another module
+        class is refused (:func:`check_checkpoint_class`)."""
+        check_checkpoint_class(checkpoint, type(self), "the checkpoint")
         ours = self.state_dict()
         if any(nn.parameter.is_lazy(v) for v in ours.values()) or "net" in checkpoint.get("hyper_parameters", {}):
             return
