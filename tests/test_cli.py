@@ -121,6 +121,21 @@ def test_a_second_run_in_one_folder_keeps_the_first_runs_config(in_tmp):
     assert yaml.safe_load((in_tmp / "config-v1.yaml").read_text())["model"]["init_args"]["lr"] == 0.002
 
 
+def test_torch_threads_sets_torch_threads_before_the_run(in_tmp):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        main(["--config", TOY, "--torch_threads=1"], run=False)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        main(["--config", TOY, "--torch_threads=null"], run=False)  # torch's own setting is left alone
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="torch_threads must be a positive number of threads, got 0"):
+            main(["--config", TOY, "--torch_threads=0"], run=False)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_model_source_the_data_link_would_replace_is_refused(in_tmp):
     with pytest.raises(ValueError, match=r"model source 'gaussian' is not used: .* give --data.source gaussian"):
         main(["--config", TOY, "--model.source=gaussian"], run=False)
