@@ -1,6 +1,7 @@
 """Solvers of your own: registered (on the cost matrix or the points) or named by import path, their
 options checked when the coupler is built, their result checked to be a permutation."""
 
+import pickle
 import textwrap
 
 import pytest
@@ -84,6 +85,9 @@ def test_a_solver_named_by_import_path_is_imported(tmp_path, monkeypatch, regist
     try:
         dm = OTPairDataModule(target="moons", coupling="my_solvers.reverse")
         assert torch.equal(dm.coupler.match(torch.randn(5, 2), torch.randn(5, 2)), torch.arange(4, -1, -1))
+        SOLVERS.pop("my_solvers.reverse")  # a process the coupler is sent to (DDP spawn) imports it again
+        sent = pickle.loads(pickle.dumps(dm.coupler))
+        assert torch.equal(sent.match(torch.randn(5, 2), torch.randn(5, 2)), torch.arange(4, -1, -1))
         # a function registered as a point solver keeps that under its import path
         assert OTCoupler(f"{__name__}.sorted_1d").match(torch.randn(6, 1), torch.randn(6, 1)).shape == (6,)
     finally:
