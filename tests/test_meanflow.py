@@ -109,6 +109,26 @@ def test_flow_matching_warmup_draws_only_e_equal_t_until_its_last_step():
         assert abs((e != t).float().mean().item() - share) < 0.03, step
 
 
+def test_the_subclass_example_shifts_start_times_and_keeps_the_flow_matching_share():
+    """examples/subclass_meanflow.py halves t; its e = t rows (1 - interval_fraction) stay e = t."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "subclass_meanflow.py")
+    spec = importlib.util.spec_from_file_location("subclass_meanflow", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    m = example.HuberMeanFlow(interval_fraction=0.75, time_dist="uniform")
+    m.time_generator = lambda: torch.Generator().manual_seed(0)
+    t, e = m.sample_times(20000)
+    base = OTMeanFlow(interval_fraction=0.75, time_dist="uniform")
+    base.time_generator = lambda: torch.Generator().manual_seed(0)
+    t0, e0 = base.sample_times(20000)
+    assert (e >= t).all() and (t >= 0).all() and (e <= 1).all()
+    assert abs((e == t).float().mean().item() - 0.25) < 0.02
+    assert torch.equal(t, t0 * 0.5) and torch.equal(e == t, e0 == t0)
+    assert torch.equal(e[e != t], e0[e0 != t0])
+
+
 class OffsetVelocity(StraightLineVelocity):
     """The straight-line average velocity plus a constant ``delta``: every row's error is ``|delta|^2``."""
 
