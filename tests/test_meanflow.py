@@ -399,6 +399,12 @@ def test_a_net_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"is not a flow map: max \|F\(x, 0\) - x\| = .* wrap it: ResidualFlowMap\(net\)"):
         OTNeuralFlowMatching(net=TimeMLP(dim=2, num_times=1)).check_net()
     OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=1))).check_net()
+    # a net built for the other module's number of times: the error names the num_times to build it with
+    with pytest.raises(ValueError, match=r"TimeMLP was built for num_times=2 time arguments but was called with 1: "
+                                         r"OT-MF nets take 2 \(t, h\), OT-NFM flow maps 1; build it with num_times=1"):
+        OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=2))).check_net()
+    with pytest.raises(ValueError, match=r"num_times=1 time arguments but was called with 2: .* build it with num_times=2"):
+        OTMeanFlow(net=TimeMLP(dim=2, num_times=1)).check_net()
     # a subclass of the base from outside the library defines no trial: it trains as before
     from otflow_lightning import OneStepModule
 
