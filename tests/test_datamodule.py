@@ -1,3 +1,4 @@
+import re
 import types
 import warnings
 
@@ -109,6 +110,31 @@ def test_model_and_data_source_mismatch_is_an_error():
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="mismatched config.*'gaussian'.*'8gaussians'"):
         trainer.fit(model, data)
+
+
+def test_model_and_data_shape_mismatch_names_the_fix():
+    """Image data on the default (vector) model: the error says to set data_shape and build an image net."""
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTMeanFlow, OTNeuralFlowMatching
+    from otflow_lightning.nets import TimeMLP
+
+    def fit(model, data):
+        trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        trainer.fit(model, data)
+
+    digits = OTPairDataModule(target="digits", batch_size=32)
+    with pytest.raises(ValueError, match=re.escape(
+            "mismatched config: model.data_shape=(2,) but the data have shape (1, 8, 8); set model.data_shape: "
+            "[1, 8, 8] and an image net, e.g. UNet(in_channels=1, num_times=2) (see configs/digits.yaml)")):
+        fit(OTMeanFlow(), digits)
+    with pytest.raises(ValueError, match=re.escape(
+            "set model.data_shape: [1, 8, 8] and an image net, e.g. ResidualFlowMap(UNet(in_channels=1, num_times=1))")):
+        fit(OTNeuralFlowMatching(), digits)
+    # vector data of another dimension: only the data_shape to set
+    with pytest.raises(ValueError, match=re.escape("model.data_shape=(3,) but the data have shape (2,); set model.data_shape: [2]") + "$"):
+        fit(OTMeanFlow(data_shape=[3], net=TimeMLP(dim=3)), OTPairDataModule(target="moons", batch_size=32, toy_size=64))
 
 
 def test_generate_uses_the_models_source():

@@ -87,6 +87,8 @@ class OTNeuralFlowMatching(OneStepModule):
     """
 
     supported_steps = (1,)
+    # an image net, named when model.data_shape and the data's differ
+    image_net_hint = "ResidualFlowMap(UNet(in_channels={c}, num_times=1)) (see configs/cifar_nfm.yaml)"
 
     def __init__(
         self,
