@@ -246,8 +246,18 @@ def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkey
     # a resume under another run seed would pair the saved bank with other toy points: refused
     saved = module_under(1).state_dict()
     module_under(1).load_state_dict(saved)
-    with pytest.raises(ValueError, match=r"drawn with the run seed 1, this run's is 2: resume with the same seed"):
+    with pytest.raises(ValueError, match=r"toy data and noise bank were drawn with the run seed 1, this run's is 2: resume "
+                                         r"with the same seed"):
         module_under(2).load_state_dict(saved)
+    # without an online coupling there is no bank: the message names the toy data only
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    plain = OTPairDataModule(coupling="bsp", toy_size=500, seed=None)
+    plain.setup("fit")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "2")
+    other = OTPairDataModule(coupling="bsp", toy_size=500, seed=None)
+    other.setup("fit")
+    with pytest.raises(ValueError, match=r"the checkpoint's toy data were drawn with the run seed 1, this run's is 2"):
+        other.load_state_dict(plain.state_dict())
 
 
 def test_a_loader_override_without_indices_is_a_clear_error():
