@@ -46,8 +46,12 @@ class HuberMeanFlow(OTMeanFlow):
         return 0.5 / torch.sqrt(sq_error.detach() + self.adaptive_c)
 
     def sample_times(self, n):
+        # halve every start time t: the interval rows (e > t) get longer jumps, closer to the one-step use;
+        # the flow-matching rows (e = t, a 1 - interval_fraction share) stay flow matching, at the halved t
         t, e = super().sample_times(n)
-        return t * 0.5, e  # start earlier: longer jumps, closer to the one-step use
+        same = e == t
+        t = t * 0.5
+        return t, torch.where(same, t, e)
 
 
 if __name__ == "__main__":

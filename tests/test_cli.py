@@ -1,8 +1,10 @@
 """End to end through the ``otflow`` command, in-process."""
 
+import copy
 import glob
 import os
 import textwrap
+import types
 import warnings
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 import yaml
 
 from otflow_lightning import OTMeanFlow
+from otflow_lightning.callbacks import EvalCallback
 from otflow_lightning.cli import main
 from otflow_lightning.data import sample_toy
 from otflow_lightning.metrics import wasserstein2_squared
@@ -286,3 +289,12 @@ def test_every_config_builds(config, tmp_path):
     cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]  # the GPU configs too
     cli = main(["--config", os.path.join(CONFIGS, config), f"--trainer.default_root_dir={tmp_path}", *cpu], run=False)
     assert cli.model.source == cli.datamodule.source
+    # every evaluation callback's schedule includes the last validation: the trained model is evaluated and drawn
+    interval, max_steps = cli.trainer.val_check_interval, cli.trainer.max_steps
+    assert cli.trainer.check_val_every_n_epoch is None and isinstance(interval, int) and max_steps > 0
+    validations = range(interval, max_steps + 1, interval)
+    for cb in cli.trainer.callbacks:
+        if isinstance(cb, EvalCallback):
+            cb = copy.deepcopy(cb)
+            due = [cb._due(types.SimpleNamespace(global_step=step)) for step in validations]
+            assert due[-1], f"{type(cb).__name__} skips the last validation (step {max_steps})"

@@ -178,6 +178,27 @@ def test_callbacks_generate_balanced_classes():
     assert torch.cat(seen).tolist() == [i % 3 for i in range(5, 12)]
 
 
+def test_sample_writer_saves_the_labels_of_a_conditional_model(tmp_path):
+    from otflow_lightning import SampleWriter
+
+    module = OTMeanFlow(net=TimeMLP(2, 16, 1, 2, num_classes=3), num_classes=3)
+    asked = []
+    sample = module.sample
+    module.sample = lambda x0, steps=1, labels=None: asked.append(labels.cpu()) or sample(x0, steps, labels)
+    val = blobs(100, 1)
+    data = OTPairDataModule(blobs(512, 0), val_target=val, coupling="exact", batch_size=32, conditional=True)
+    writer = SampleWriter(str(tmp_path))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[writer])
+    trainer.predict(module, data)
+    saved = torch.load(writer.last_path)
+    assert saved["samples"].shape == (100, 2) and saved["labels"].dtype == torch.long
+    assert torch.equal(saved["labels"], torch.cat(asked))  # the classes the samples were generated for
+    assert torch.equal(saved["labels"], val.tensors[1][saved["index"]])  # C2OT pairs within a class
+    # an unconditional model's file has no labels
+    trainer.predict(OTMeanFlow(), OTPairDataModule(blobs(512, 0), val_target=val, coupling="exact", batch_size=32))
+    assert set(torch.load(writer.last_path)) == {"samples", "index"}
+
+
 def test_conditional_config_errors():
     data = OTPairDataModule(blobs(512, 0), coupling="exact", batch_size=64)
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -1,3 +1,4 @@
+import re
 import types
 import warnings
 
@@ -111,6 +112,31 @@ def test_model_and_data_source_mismatch_is_an_error():
         trainer.fit(model, data)
 
 
+def test_model_and_data_shape_mismatch_names_the_fix():
+    """Image data on the default (vector) model: the error says to set data_shape and build an image net."""
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTMeanFlow, OTNeuralFlowMatching
+    from otflow_lightning.nets import TimeMLP
+
+    def fit(model, data):
+        trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        trainer.fit(model, data)
+
+    digits = OTPairDataModule(target="digits", batch_size=32)
+    with pytest.raises(ValueError, match=re.escape(
+            "mismatched config: model.data_shape=(2,) but the data have shape (1, 8, 8); set model.data_shape: "
+            "[1, 8, 8] and an image net, e.g. UNet(in_channels=1, num_times=2) (see configs/digits.yaml)")):
+        fit(OTMeanFlow(), digits)
+    with pytest.raises(ValueError, match=re.escape(
+            "set model.data_shape: [1, 8, 8] and an image net, e.g. ResidualFlowMap(UNet(in_channels=1, num_times=1))")):
+        fit(OTNeuralFlowMatching(), digits)
+    # vector data of another dimension: only the data_shape to set
+    with pytest.raises(ValueError, match=re.escape("model.data_shape=(3,) but the data have shape (2,); set model.data_shape: [2]") + "$"):
+        fit(OTMeanFlow(data_shape=[3], net=TimeMLP(dim=3)), OTPairDataModule(target="moons", batch_size=32, toy_size=64))
+
+
 def test_generate_uses_the_models_source():
     from otflow_lightning import OTMeanFlow
 
@@ -220,8 +246,18 @@ def test_seed_none_takes_the_runs_seed_for_the_toy_set_and_the_noise_bank(monkey
     # a resume under another run seed would pair the saved bank with other toy points: refused
     saved = module_under(1).state_dict()
     module_under(1).load_state_dict(saved)
-    with pytest.raises(ValueError, match=r"drawn with the run seed 1, this run's is 2: resume with the same seed"):
+    with pytest.raises(ValueError, match=r"toy data and noise bank were drawn with the run seed 1, this run's is 2: resume "
+                                         r"with the same seed"):
         module_under(2).load_state_dict(saved)
+    # without an online coupling there is no bank: the message names the toy data only
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    plain = OTPairDataModule(coupling="bsp", toy_size=500, seed=None)
+    plain.setup("fit")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "2")
+    other = OTPairDataModule(coupling="bsp", toy_size=500, seed=None)
+    other.setup("fit")
+    with pytest.raises(ValueError, match=r"the checkpoint's toy data were drawn with the run seed 1, this run's is 2"):
+        other.load_state_dict(plain.state_dict())
 
 
 def test_a_loader_override_without_indices_is_a_clear_error():

@@ -109,6 +109,26 @@ def test_flow_matching_warmup_draws_only_e_equal_t_until_its_last_step():
         assert abs((e != t).float().mean().item() - share) < 0.03, step
 
 
+def test_the_subclass_example_shifts_start_times_and_keeps_the_flow_matching_share():
+    """examples/subclass_meanflow.py halves t; its e = t rows (1 - interval_fraction) stay e = t."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "subclass_meanflow.py")
+    spec = importlib.util.spec_from_file_location("subclass_meanflow", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    m = example.HuberMeanFlow(interval_fraction=0.75, time_dist="uniform")
+    m.time_generator = lambda: torch.Generator().manual_seed(0)
+    t, e = m.sample_times(20000)
+    base = OTMeanFlow(interval_fraction=0.75, time_dist="uniform")
+    base.time_generator = lambda: torch.Generator().manual_seed(0)
+    t0, e0 = base.sample_times(20000)
+    assert (e >= t).all() and (t >= 0).all() and (e <= 1).all()
+    assert abs((e == t).float().mean().item() - 0.25) < 0.02
+    assert torch.equal(t, t0 * 0.5) and torch.equal(e == t, e0 == t0)
+    assert torch.equal(e[e != t], e0[e0 != t0])
+
+
 class OffsetVelocity(StraightLineVelocity):
     """The straight-line average velocity plus a constant ``delta``: every row's error is ``|delta|^2``."""
 
@@ -383,6 +403,12 @@ def test_a_net_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"is not a flow map: max \|F\(x, 0\) - x\| = .* wrap it: ResidualFlowMap\(net\)"):
         OTNeuralFlowMatching(net=TimeMLP(dim=2, num_times=1)).check_net()
     OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=1))).check_net()
+    # a net built for the other module's number of times: the error names the num_times to build it with
+    with pytest.raises(ValueError, match=r"TimeMLP was built for num_times=2 time arguments but was called with 1: "
+                                         r"OT-MF nets take 2 \(t, h\), OT-NFM flow maps 1; build it with num_times=1"):
+        OTNeuralFlowMatching(net=ResidualFlowMap(TimeMLP(dim=2, num_times=2))).check_net()
+    with pytest.raises(ValueError, match=r"num_times=1 time arguments but was called with 2: .* build it with num_times=2"):
+        OTMeanFlow(net=TimeMLP(dim=2, num_times=1)).check_net()
     # a subclass of the base from outside the library defines no trial: it trains as before
     from otflow_lightning import OneStepModule
 

@@ -65,7 +65,8 @@ def test_fresh_net_is_zero_and_cifar_preset_scale():
 
 def test_bad_input_errors():
     net = UNet(1, preset="tiny")
-    with pytest.raises(ValueError, match="num_times=2"):
+    with pytest.raises(ValueError, match=r"UNet was built for num_times=2 time arguments but was called with 1: "
+                                         r"OT-MF nets take 2 \(t, h\), OT-NFM flow maps 1; build it with num_times=1"):
         net(torch.randn(1, 1, 8, 8), 0.1)
     with pytest.raises(ValueError, match="divisible by 2"):
         net(torch.randn(1, 1, 7, 7), 0.1, 0.2)

@@ -17,7 +17,10 @@ class SampleWriter(BasePredictionWriter):
 
     The file holds ``{"samples": (n, *data_shape), "index": (n,)}``: the one-step samples of
     ``predict_step`` (one per item of the predict loader; the data module's validation pairs) and
-    the loader's item indices, so that the shares of several ranks can be merged and ordered.
+    the loader's item indices, so that the shares of several ranks can be merged and ordered. For a
+    class-conditional module (``pl_module.num_classes`` set) it also holds ``"labels": (n,)``, the
+    class each sample was generated for (the batch's ``Pair.labels``, read through the module's
+    ``as_pair`` where it has one; ``num_classes``, the null class, for a batch without labels).
 
     Args:
         output_dir: folder of the files (default ``<trainer.log_dir>/predictions``).
@@ -30,6 +33,21 @@ class SampleWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
         self.last_path: str | None = None
+        self._labels: list[torch.Tensor] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._labels = []
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if getattr(pl_module, "num_classes", None) is None or dataloader_idx != 0:
+            return
+        as_pair = getattr(pl_module, "as_pair", None)
+        labels = getattr(as_pair(batch) if as_pair is not None else batch, "labels", None)
+        if labels is None:  # sampled without labels: the null class num_classes (unconditional)
+            labels = torch.full((len(outputs),), pl_module.num_classes, dtype=torch.long)
+        self._labels.append(torch.as_tensor(labels).detach().cpu().reshape(-1))
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any],
                            batch_indices: Sequence[Any] | None) -> None:
@@ -40,5 +58,11 @@ class SampleWriter(BasePredictionWriter):
         samples = torch.cat([p.detach().cpu() for p in predictions]) if predictions else torch.empty(0)
         flat = [i for batch in (batch_indices or []) for i in batch]
         index = torch.tensor(flat, dtype=torch.long) if len(flat) == len(samples) else torch.arange(len(samples))
+        out = {"samples": samples, "index": index}
+        if getattr(pl_module, "num_classes", None) is not None:
+            out["labels"] = torch.cat(self._labels).long() if self._labels else torch.empty(0, dtype=torch.long)
+            if len(out["labels"]) != len(samples):
+                raise RuntimeError(f"SampleWriter: {len(out['labels'])} labels for {len(samples)} samples")
         self.last_path = os.path.join(folder, f"samples_rank{trainer.global_rank}.pt")
-        torch.save({"samples": samples, "index": index}, self.last_path)
+        torch.save(out, self.last_path)
+        self._labels = []

@@ -500,9 +500,11 @@ class OTPairDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("data_seed")
         if saved is not None and self._data_seed is not None and saved != self._data_seed:
+            toy = isinstance(self.target, str) and self.target in TOYS  # the seed's draws: see setup
+            drawn = " and ".join(name for name, has in (("toy data", toy), ("noise bank", self.online is not None)) if has)
             raise ValueError(
-                f"the checkpoint's toy data and noise bank were drawn with the run seed {saved}, this run's is "
-                f"{self._data_seed}: resume with the same seed (--seed_everything {saved}, or data.seed={saved})"
+                f"the checkpoint's {drawn} {'was' if drawn == 'noise bank' else 'were'} drawn with the run seed {saved}, "
+                f"this run's is {self._data_seed}: resume with the same seed (--seed_everything {saved}, or data.seed={saved})"
             )
         if self.online is not None and "online" in state_dict:
             bank = state_dict["online"].get("bank")

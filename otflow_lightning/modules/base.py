@@ -103,6 +103,17 @@ def check_net_labels(net: nn.Module, num_classes: int | None) -> None:
         )
 
 
+def data_shape_fix(module: nn.Module, data_shape: Sequence[int]) -> str:
+    """How to fix a ``model.data_shape`` that differs from the data's ``data_shape``: set it, and, for
+    image data on a vector model, build an image net (the module's ``image_net_hint``, if it has one)."""
+    shape = tuple(int(s) for s in data_shape)
+    fix = f"; set model.data_shape: {list(shape)}"
+    hint = getattr(module, "image_net_hint", None)
+    if len(shape) == 3 and len(getattr(module, "data_shape", ())) != 3 and hint:
+        fix += " and an image net, e.g. " + hint.format(c=shape[0])
+    return fix
+
+
 def check_net_shape(net: nn.Module, data_shape: Sequence[int]) -> None:
     """``ValueError`` when ``net`` (or the net a ``ResidualFlowMap`` wraps) is the package's
     ``TimeMLP`` of another ``dim`` than vector ``data_shape``, or its ``UNet`` of other ``in_channels``
@@ -402,7 +413,7 @@ class OneStepModule(pl.LightningModule):
                              "unconditional; set model.num_classes (and a net built with num_classes)")
         dm_shape = getattr(dm, "data_shape", None)
         if dm_shape is not None and tuple(dm_shape) != self.data_shape:
-            raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}")
+            raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}{data_shape_fix(self, dm_shape)}")
         self.check_net()
 
     def check_net(self) -> tuple[Tensor, Tensor] | None:

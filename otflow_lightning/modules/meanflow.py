@@ -97,6 +97,9 @@ class OTMeanFlow(OneStepModule):
             label_dropout, guidance_scale: as in :class:`OneStepModule`.
     """
 
+    # an image net, named when model.data_shape and the data's differ
+    image_net_hint = "UNet(in_channels={c}, num_times=2) (see configs/digits.yaml)"
+
     def __init__(
         self,
         net: nn.Module | None = None,

@@ -4,8 +4,11 @@ The network *is* the flow map :math:`F_\theta(x_0, t)` (a neural flow, :math:`F(
 construction; see :mod:`otflow_lightning.nets.flows`), regressed onto the linear interpolant of
 coupled pairs :math:`(x_0, x_1) \sim \pi`:
 
-.. math::  \mathcal{L} = \mathbb{E}_{\pi,\, t}\, \|F_\theta(x_0, t) - x_t\|^2
-           + w_1\, \mathbb{E}_\pi \|F_\theta(x_0, 1) - x_1\|^2, \qquad x_t = (1 - t) x_0 + t x_1 .
+.. math::  \mathcal{L} = \mathbb{E}_{\pi,\, t}\, \tfrac{1}{d} \|F_\theta(x_0, t) - x_t\|^2
+           + w_1\, \mathbb{E}_\pi \tfrac{1}{d} \|F_\theta(x_0, 1) - x_1\|^2, \qquad x_t = (1 - t) x_0 + t x_1 ,
+
+the squared error averaged over the :math:`d` = ``prod(data_shape)`` data dimensions (per sample,
+then over the batch; OT-MF's loss sums over them instead).
 
 Its minimiser is :math:`F^*(x_0, t) = (1 - t) x_0 + t\, \mathbb{E}_\pi[x_1 \mid x_0]`, so one call
 :math:`F(x_0, 1) = \mathbb{E}_\pi[x_1 \mid x_0]` generates. **Mean collapse** (the paper's Theorem 1):
@@ -84,6 +87,8 @@ class OTNeuralFlowMatching(OneStepModule):
     """
 
     supported_steps = (1,)
+    # an image net, named when model.data_shape and the data's differ
+    image_net_hint = "ResidualFlowMap(UNet(in_channels={c}, num_times=1)) (see configs/cifar_nfm.yaml)"
 
     def __init__(
         self,

@@ -30,6 +30,15 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([t[:, None], torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def num_times_error(net: str, built: int, called: int) -> ValueError:
+    """The error for a net built with ``num_times=built`` but called with ``called`` times: it names
+    what each module calls its net with and the fix."""
+    return ValueError(
+        f"{net} was built for num_times={built} time arguments but was called with {called}: OT-MF nets take 2 "
+        f"(t, h), OT-NFM flow maps 1; build it with num_times={called}"
+    )
+
+
 class TimeMLP(nn.Module):
     """``net(x, *times, labels=None) -> (n, dim)``: an MLP on ``[x, emb(t_1), ..., emb(t_k), emb(label)]``.
 
@@ -73,7 +82,7 @@ class TimeMLP(nn.Module):
         """Args: ``x`` ``(n, dim)``; each time ``(n,)`` (or a scalar, broadcast); ``labels`` ``(n,)``
         long (``num_classes`` = null) or ``None`` (null for a conditional net). Returns ``(n, dim)``."""
         if len(times) != self.num_times:
-            raise ValueError(f"TimeMLP was built for {self.num_times} time arguments, got {len(times)}")
+            raise num_times_error("TimeMLP", self.num_times, len(times))
         feats = [x] + [emb(torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])) for emb, t in zip(self.embeddings, times)]
         if self.label_embedding is not None:
             if labels is None:

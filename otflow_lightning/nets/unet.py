@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mlp import SinusoidalEmbedding
+from .mlp import SinusoidalEmbedding, num_times_error
 
 __all__ = ["UNet", "UNET_PRESETS"]
 
@@ -190,7 +190,7 @@ class UNet(nn.Module):
     def embed(self, n: int, times: Sequence[Tensor | float], labels: Tensor | None, like: Tensor) -> Tensor:
         """Conditioning vector ``(n, 4 * channels)`` from the times and optional labels."""
         if len(times) != self.num_times:
-            raise ValueError(f"UNet was built for num_times={self.num_times} time arguments, got {len(times)}")
+            raise num_times_error("UNet", self.num_times, len(times))
         emb = 0
         for sin, mlp, t in zip(self.time_embeddings, self.time_mlps, times):
             emb = emb + mlp(sin(torch.as_tensor(t, dtype=like.dtype, device=like.device).expand(n)))
