@@ -413,7 +413,8 @@ class OneStepModule(pl.LightningModule):
                              "unconditional; set model.num_classes (and a net built with num_classes)")
         dm_shape = getattr(dm, "data_shape", None)
         if dm_shape is not None and tuple(dm_shape) != self.data_shape:
-            raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape {tuple(dm_shape)}{data_shape_fix(self, dm_shape)}")
+            raise ValueError(f"mismatched config: model.data_shape={self.data_shape} but the data have shape "
+                             f"{tuple(dm_shape)}{data_shape_fix(self, dm_shape)}")
         self.check_net()
 
     def check_net(self) -> tuple[Tensor, Tensor] | None:
