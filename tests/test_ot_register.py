@@ -96,3 +96,28 @@ def test_a_solver_named_by_import_path_is_imported(tmp_path, monkeypatch, regist
             POINT_METHODS.discard(name)
     with pytest.raises(ValueError, match=r"unknown coupling method 'my_solvers\.nothing'.*import path"):
         OTCoupler("my_solvers.nothing")
+
+
+def test_registration_mistakes_are_named_where_they_are_made():
+    with pytest.raises(TypeError, match=r"give the name, e.g. @register_solver\('mine'\)"):
+        @register_solver
+        def bare(cost, x0, x1):
+            return Solution(torch.arange(cost.shape[0]))
+    with pytest.raises(TypeError, match=r"calls it as fn\(cost, x0, x1, \*\*options\), which its signature does not take"):
+        register_solver("one_arg", lambda cost: None)
+    with pytest.raises(TypeError, match="fn must be a function, got a int"):
+        register_solver("number", 3)
+    with pytest.raises(TypeError, match="the name must be a non-empty string, got 3"):
+        register_solver(3, greedy)
+    with pytest.raises(ValueError, match="solver name 'online' is the library's"):
+        register_solver("online", greedy)
+    assert "one_arg" not in SOLVERS and "number" not in SOLVERS and 3 not in SOLVERS
+    register_solver("tensor", lambda cost, x0=None, x1=None: torch.arange(cost.shape[0]))
+    try:
+        with pytest.raises(RuntimeError, match="OT solver 'tensor' returned a Tensor; a solver must return Solution"):
+            OTCoupler("tensor").match(torch.randn(4, 2), torch.randn(4, 2))
+    finally:
+        SOLVERS.pop("tensor")
+    with pytest.raises(ValueError, match=r"unknown coupling method 'otflow_lightning.nothing' \(module otflow_lightning "
+                                         r"has no 'nothing'\)"):
+        OTCoupler("otflow_lightning.nothing")

@@ -130,3 +130,27 @@ def test_a_draw_source_override_warns_that_evaluation_draws_the_named_source(tmp
                          enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
     with pytest.warns(UserWarning, match="Shifted overrides draw_source: training pairs use it, but generate"):
         trainer.fit(OTMeanFlow(), Shifted(target="moons", batch_size=64, toy_size=256))
+
+
+def test_source_mistakes_are_named_where_they_are_made(tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match=r"give the name, e.g. @register_source\('mine'\)"):
+        @register_source
+        def bare(n, shape, generator=None, device=None):
+            return torch.zeros(n, *shape)
+    with pytest.raises(TypeError, match=r"calls it as fn\(n, shape, generator=\.\.\., device=\.\.\.\)"):
+        register_source("no_generator", lambda n, shape: torch.zeros(n, *shape))
+    register_source("two_rows", lambda n, shape, generator=None, device=None: torch.zeros(2, *shape))
+    try:  # the trial at build time draws 2 rows and passes; every draw is checked
+        with pytest.raises(ValueError, match=r"source 'two_rows' drew shape \(2, 2\) for n=5"):
+            OTMeanFlow(source="two_rows").generate(5)
+    finally:
+        SOURCES.pop("two_rows")
+    # an import path that fails its trial is not left registered; a missing dependency is not "unknown"
+    with pytest.raises(ValueError, match="source 'torch.randn' failed on a trial draw"):
+        OTMeanFlow(source="torch.randn")
+    assert "torch.randn" not in SOURCES
+    (tmp_path / "broken_source.py").write_text("import a_dependency_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match="importing broken_source for 'broken_source.f' failed: No module named "
+                                          "'a_dependency_not_installed'"):
+        OTMeanFlow(source="broken_source.f")

@@ -270,10 +270,11 @@ class OTCoupler:
         cost_dtype: str | None = None,
         **options,
     ) -> None:
-        if method != "auto" and not find_solver(method):
+        if method != "auto" and (why := find_solver(method)):
             raise ValueError(
-                f"unknown coupling method {method!r}; choose 'auto' or one of {sorted(SOLVERS.keys() | PLANS.keys())}, "
-                "or give a solver's import path (my_project.solvers.greedy; see register_solver)"
+                f"unknown coupling method {method!r}{f' ({why})' if why != 'not registered' else ''}; choose 'auto' or "
+                f"one of {sorted(SOLVERS.keys() | PLANS.keys())}, or give a solver's import path "
+                "(my_project.solvers.greedy; see register_solver)"
             )
         if method == "auto" and (plan_sampler or cost_dtype is not None or options):
             raise ValueError(
@@ -374,8 +375,10 @@ class OTCoupler:
         if not self.plan_sampler:
             solution = SOLVERS[method](cost, x0, x1, **self.options)
             if method not in BUILT_IN:
-                check_permutation(solution.perm, x0.shape[0], method, "a solver must return Solution(perm) with "
-                                  "(x0[i], x1[perm[i]]) the pairs, each target once")
+                fix = "a solver must return Solution(perm) with (x0[i], x1[perm[i]]) the pairs, each target once"
+                if not isinstance(solution, Solution):
+                    raise RuntimeError(f"OT solver {method!r} returned a {type(solution).__name__}; {fix}")
+                check_permutation(solution.perm, x0.shape[0], method, fix)
             return solution, method
         plan = PLANS[method](cost, x0, x1, **self.options)
         return Solution(sample_plan(plan.plan, generator), plan.iterations, plan.converged), method

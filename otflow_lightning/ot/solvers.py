@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import importlib.util
 import inspect
 import math
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import check_plugin, import_function
 from .clusters import coarse_transport, flat_features, kmeans
 from .costs import cpu_float64, simplex_scaled, squared_euclidean
 
@@ -725,35 +725,33 @@ BUILT_IN = frozenset(SOLVERS)
 
 def register_solver(name: str, solve: Callable[..., Solution] | None = None, *, points: bool = False):
     """Add ``solve(cost, x0, x1, **options) -> Solution`` to :data:`SOLVERS` under ``name`` (returns
-    it; without ``solve``, a decorator). ``points=True``: it works on the points ``x0``, ``x1``
-    ``(n, *shape)`` and is given ``cost=None`` (no ``n x n`` matrix); otherwise ``cost`` is the
-    ``(n, n)`` squared-distance matrix. Its keyword arguments are the coupler's options, checked by
-    name when the coupler is built; its permutation is checked after every solve."""
-    if solve is None:
+    it; without ``solve``, a decorator: ``@register_solver("greedy")``). ``points=True``: it works on
+    the points ``x0``, ``x1`` ``(n, *shape)`` and is given ``cost=None`` (no ``n x n`` matrix);
+    otherwise ``cost`` is the ``(n, n)`` squared-distance matrix. Its keyword arguments are the
+    coupler's options, checked by name when the coupler is built; its result is checked to be a
+    ``Solution`` holding a permutation after every solve."""
+    if solve is None and not callable(name):
         return lambda fn: register_solver(name, fn, points=points)
-    if name in BUILT_IN or name in PLANS or name == "auto":
+    check_plugin("solver", name, solve, "fn(cost, x0, x1, **options)", None, None, None)
+    if name in BUILT_IN or name in PLANS or name in ("auto", "online"):
         raise ValueError(f"solver name {name!r} is the library's; register yours under another name")
     SOLVERS[name] = solve
     (POINT_METHODS.add if points else POINT_METHODS.discard)(name)
     return solve
 
 
-def find_solver(method: str) -> bool:
-    """Whether ``method`` names a solver or a plan: registered, or a ``module.function`` import path,
-    which is imported and registered under that name (as a point solver if the function was
-    registered as one under another name)."""
+def find_solver(method: str) -> str:
+    """``""`` if ``method`` names a solver or a plan, else why not. A ``module.function`` import path
+    is imported and registered under that name (as a point solver if the function was registered as
+    one under another name)."""
     if method in SOLVERS or method in PLANS:
-        return True
-    module, _, attr = method.rpartition(".")
-    try:
-        solve = getattr(importlib.import_module(module), attr) if module else None
-    except (ImportError, AttributeError, ValueError):  # ValueError: an empty module name ("..x")
-        return False
-    if not callable(solve):
-        return False
+        return ""
+    solve, why = import_function(method) if isinstance(method, str) else (None, "")
+    if solve is None:
+        return why or "not registered"
     alias = next((k for k, fn in SOLVERS.items() if fn is solve), None)
     register_solver(method, solve, points=alias in POINT_METHODS)
-    return True
+    return ""
 
 
 #: methods that can return a transport plan to sample (``OTCoupler(method, plan_sampler=True)``)
