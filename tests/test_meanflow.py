@@ -333,6 +333,16 @@ def test_batches_of_another_form_go_through_the_as_pair_hook_and_log_their_own_s
     with pytest.raises(TypeError, match="Broken.as_pair returned a tuple; it must return a Pair"):
         Broken().training_step((x, x), 0)
 
+    class Narrow(OTMeanFlow):  # x1 of another shape trained silently through broadcasting
+        def as_pair(self, batch):
+            return Pair(batch[0], batch[1][:, :1])
+
+    with pytest.raises(ValueError, match=r"Narrow.as_pair returned x0 \(40, 2\) and x1 \(40, 1\); both must be "
+                                         r"\(n, \*data_shape\) = \(n, 2\)"):
+        Narrow().training_step((x, x), 0)
+    mixed = Pair(x, x.float())  # float64 x0, float32 x1: both cast
+    assert OTMeanFlow()._pair(mixed).x0.dtype == OTMeanFlow()._pair(mixed).x1.dtype == torch.float32
+
 
 class WrongWidthNet(nn.Module):
     """Returns 3 features for 2D data (the user's mistake)."""

@@ -272,7 +272,8 @@ class OneStepModule(pl.LightningModule):
         ``labels`` ``(n,)``: classes to generate (class-conditional modules); ``None`` is the null
         label, i.e. the unconditional model.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} implements no sample(x0, steps): a subclass of "
+                                  "OneStepModule must (OTMeanFlow and OTNeuralFlowMatching do)")
 
     def check_steps(self, steps: int) -> None:
         """Raise ``ValueError`` if :meth:`sample` does not support ``steps``."""
@@ -376,7 +377,8 @@ class OneStepModule(pl.LightningModule):
 
     def loss(self, pair: Pair) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss of a paired batch and extra scalars to log."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} implements no loss(pair): a subclass of OneStepModule must "
+                                  "(OTMeanFlow and OTNeuralFlowMatching do)")
 
     # ---------------------------------------------------------------- randomness
     def time_generator(self) -> torch.Generator:
@@ -461,9 +463,20 @@ class OneStepModule(pl.LightningModule):
     def _pair(self, batch) -> Pair:
         """:meth:`as_pair`, checked and in the module's dtype."""
         pair = self.as_pair(batch)
+        name = f"{type(self).__name__}.as_pair"
         if not isinstance(pair, Pair):
-            raise TypeError(f"{type(self).__name__}.as_pair returned a {type(pair).__name__}; it must return a Pair")
-        if pair.x1.dtype != self.dtype:  # e.g. float64 data from numpy: train in the module's dtype
+            raise TypeError(f"{name} returned a {type(pair).__name__}; it must return a Pair")
+        if not (torch.is_tensor(pair.x0) and torch.is_tensor(pair.x1)):
+            raise TypeError(f"{name} returned a Pair of {type(pair.x0).__name__} and {type(pair.x1).__name__}; x0 and "
+                            "x1 must be tensors")
+        n = pair.x0.shape[0] if pair.x0.ndim else 0
+        shape = (n, *self.data_shape)
+        if tuple(pair.x0.shape) != shape or tuple(pair.x1.shape) != shape:
+            raise ValueError(f"{name} returned x0 {tuple(pair.x0.shape)} and x1 {tuple(pair.x1.shape)}; both must be "
+                             f"(n, *data_shape) = (n, {', '.join(map(str, self.data_shape))})")
+        if pair.labels is not None and tuple(pair.labels.shape) != (n,):
+            raise ValueError(f"{name} returned labels {tuple(pair.labels.shape)} for {n} pairs; they must be ({n},)")
+        if pair.x0.dtype != self.dtype or pair.x1.dtype != self.dtype:  # e.g. float64 data from numpy
             pair = dataclasses.replace(pair, x0=pair.x0.to(self.dtype), x1=pair.x1.to(self.dtype))
         return pair
 
