@@ -18,10 +18,11 @@ import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.utilities import rank_zero_warn
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
-from otflow_lightning.modules.base import saved_class as saved_class_of
+from otflow_lightning.modules.base import checkpoint_class, read_checkpoint, saved_class as saved_class_of
 
 __all__ = ["OTFlowCLI", "VersionedConfigSaver", "main", "entry_point"]
 
@@ -123,7 +124,8 @@ class VersionedConfigSaver(SaveConfigCallback):
             if trainer.is_global_zero:
                 stem, suffix = os.path.splitext(self.config_filename)
                 version = 0
-                while os.path.isfile(os.path.join(log_dir, name)):
+                fs = get_filesystem(log_dir)  # a remote log folder (s3://...) too
+                while fs.isfile(os.path.join(log_dir, name)):
                     version += 1
                     name = f"{stem}-v{version}{suffix}"
                 if version:
@@ -142,17 +144,21 @@ class OTFlowCLI(LightningCLI):
         parser.link_arguments("data.init_args.source", "model.init_args.source")
         parser.add_argument(
             "--torch_threads", type=Optional[int], default=None,
-            help="torch.set_num_threads before the classes are built (default: torch's own, one per core). Small "
-                 "CPU models (the 2D toys) train fastest on one thread: a second one gains little on tiny matrix "
-                 "products and stalls every operation whenever another process holds a core.",
+            help="torch threads of each process, set before the classes are built (and as OMP_NUM_THREADS, which "
+                 "Lightning's DDP launchers keep); default: torch's own, one per core, or cores / processes under "
+                 "DDP. Small CPU models (the 2D toys) train fastest on one thread: a second one gains little on tiny "
+                 "matrix products and stalls every operation whenever another process holds a core.",
         )
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "torch_threads")
         if threads is not None:
-            if threads < 1:
-                raise ValueError(f"torch_threads must be a positive number of threads, got {threads}")
+            cores = os.cpu_count() or 1
+            if not 1 <= threads <= cores:
+                raise ValueError(f"torch_threads must be a number of threads from 1 to this machine's {cores} cores, "
+                                 f"got {threads}")
             torch.set_num_threads(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # DDP launchers set cores / processes unless it is set
 
     def parse_arguments(self, parser, args) -> None:
         """LightningCLI's, refusing a ``model`` ``source`` that the link from ``data`` would replace unseen."""
@@ -205,22 +211,14 @@ class OTFlowCLI(LightningCLI):
                              f"{': ' + ', '.join(found) if found else ' (it holds no .ckpt files)'}")
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return
-        try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-            hparams = dict(checkpoint.get("hyper_parameters") or {})
-        except Exception as err:  # torch raises KeyError, EOFError, RuntimeError or UnpicklingError on a bad file
-            if "Unsupported global" in str(err):
-                raise  # a checkpoint holding a type torch does not load by default: its message names it
-            raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: "
-                             f"{str(err).strip().splitlines()[0] if str(err).strip() else 'empty'}): a truncated "
-                             "file (a job killed while saving) or not a torch file; give an earlier checkpoint of "
-                             "the run") from None
+        checkpoint = read_checkpoint(ckpt_path, f"--ckpt_path {ckpt_path}")
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         saved_class = saved_class_of(checkpoint)  # also of a module saved from Python
         if not hparams and not saved_class:
             return
         config_class = getattr(model, "class_path", None)
-        saved, configured = _resolve(saved_class or ""), _resolve(config_class or "")
+        saved, configured = checkpoint_class(checkpoint), _resolve(config_class or "")  # a checkpoint imports nothing
         related = isinstance(saved, type) and isinstance(configured, type) and (
             issubclass(saved, configured) or issubclass(configured, saved))  # a subclass: LightningCLI switches, and warns
         if saved_class and config_class and not related:

@@ -72,7 +72,7 @@ def test_schedule_state_survives_a_checkpoint_and_keys_are_distinct():
         assert cls(**one).state_key != cls(**other).state_key, (one, other)
     assert SamplingCallback(steps=(1, 2)).state_key == SamplingCallback(steps=[1, 2]).state_key
     assert SamplingCallback(n_samples=64, steps=[1, 2], every_n_epochs=3).state_key == (
-        "SamplingCallback{'n_samples': '64', 'steps': '[1, 2]', 'seed': '4321', 'every_n_epochs': '3', 'every_n_steps': 'None'}")
+        "SamplingCallback{'name': 'samples', 'n_samples': '64', 'steps': '[1, 2]', 'seed': '4321', 'every_n_epochs': '3', 'every_n_steps': 'None'}")
     # a Dataset (whose repr holds its address) is left out: the key is the same in every run
     real = [TensorDataset(torch.randn(8, 2)) for _ in range(2)]
     assert WassersteinCallback(real=real[0]).state_key == WassersteinCallback(real=real[1]).state_key
@@ -123,12 +123,24 @@ def test_two_callbacks_of_one_class_with_other_settings_run_side_by_side(tmp_pat
             super().__init__(**kwargs)
             self.scale = scale
 
-    callbacks = [SamplingCallback(steps=[1]), SamplingCallback(steps=[2], every_n_steps=500),
+    callbacks = [SamplingCallback(steps=[1]), SamplingCallback(steps=[2], every_n_steps=500, name="two_steps"),
                  MeanError(n_samples=500), MeanError(n_samples=500, every_n_steps=100), MeanError(scale=2.0)]
     _trainer(tmp_path, callbacks)  # no "more than one stateful callback" error
     assert len({cb.state_key for cb in callbacks}) == len(callbacks)
     with pytest.raises(RuntimeError, match="more than one stateful callback"):  # the same settings twice still collide
         _trainer(tmp_path, [SamplingCallback(steps=[1]), SamplingCallback(steps=[1])])
+
+
+def test_two_sampling_callbacks_write_their_own_files(tmp_path):
+    real = TensorDataset(torch.randn(40, 2, generator=torch.Generator().manual_seed(0)))
+    loaders = DataLoader(real, batch_size=10), DataLoader(real, batch_size=20)
+    same = [SamplingCallback(n_samples=64, steps=[1]), SamplingCallback(n_samples=64, steps=[2])]
+    with pytest.raises(ValueError, match="two SamplingCallbacks write samples/step\\*.png .* give each its own name"):
+        _trainer(tmp_path, same, max_steps=2).fit(Shift(), *loaders)
+    named = [SamplingCallback(n_samples=64, steps=[1]), SamplingCallback(n_samples=64, steps=[2], name="two_steps")]
+    _trainer(tmp_path, named, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None).fit(Shift(), *loaders)
+    assert [os.path.basename(os.path.dirname(cb.last_path)) for cb in named] == ["samples", "two_steps"]
+    assert all(os.path.isfile(cb.last_path) for cb in named)
 
 
 def test_the_schedule_is_restored_under_the_settings_key(tmp_path):

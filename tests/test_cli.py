@@ -124,17 +124,20 @@ def test_a_second_run_in_one_folder_keeps_the_first_runs_config(in_tmp):
     assert yaml.safe_load((in_tmp / "config-v1.yaml").read_text())["model"]["init_args"]["lr"] == 0.002
 
 
-def test_torch_threads_sets_torch_threads_before_the_run(in_tmp):
+def test_torch_threads_sets_torch_threads_before_the_run(in_tmp, monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the run sets it; restored after the test
     try:
         torch.set_num_threads(2)
         main(["--config", TOY, "--torch_threads=1"], run=False)
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # which DDP launchers keep
         torch.set_num_threads(2)
         main(["--config", TOY, "--torch_threads=null"], run=False)  # torch's own setting is left alone
         assert torch.get_num_threads() == 2
-        with pytest.raises(ValueError, match="torch_threads must be a positive number of threads, got 0"):
-            main(["--config", TOY, "--torch_threads=0"], run=False)
+        for bad in (0, 10_000):
+            with pytest.raises(ValueError, match=f"torch_threads must be a number of threads from 1 to this machine's "
+                                                 f"{os.cpu_count()} cores, got {bad}"):
+                main(["--config", TOY, f"--torch_threads={bad}"], run=False)
     finally:
         torch.set_num_threads(before)
 
@@ -197,6 +200,36 @@ def test_ckpt_path_takes_a_checkpoint_saved_from_python(in_tmp):
                                          r"but the config trains otflow_lightning.OTNeuralFlowMatching"):
         main(["validate", "--config", os.path.join(CONFIGS, "toy_nfm.yaml"), "--data.source=gaussian",
               "--trainer.logger=false", *QUIET, "--ckpt_path=python.ckpt"])
+
+
+class SubMeanFlow(OTMeanFlow):
+    """A subclass saved from Python: loaded through its parent, it comes back as itself."""
+
+
+def test_load_from_checkpoint_reads_the_file_before_lightning(in_tmp):
+    import io
+
+    import lightning.pytorch as pl
+
+    from otflow_lightning import OTNeuralFlowMatching, OTPairDataModule
+
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=".")
+    trainer.fit(SubMeanFlow(source="gaussian", lr=0.01), OTPairDataModule(source="gaussian", batch_size=64))
+    trainer.save_checkpoint("sub.ckpt")
+    loaded = OTMeanFlow.load_from_checkpoint("sub.ckpt")
+    assert type(loaded) is SubMeanFlow and loaded.lr == 0.01
+    with open("sub.ckpt", "rb") as f:  # a file object: read, then left where it was for Lightning
+        buffer = io.BytesIO(f.read())
+    with pytest.raises(ValueError, match=r"holds a test_cli.SubMeanFlow checkpoint, not a .*OTNeuralFlowMatching one"):
+        OTNeuralFlowMatching.load_from_checkpoint(buffer)
+    assert buffer.tell() == 0 and type(OTMeanFlow.load_from_checkpoint(buffer)) is SubMeanFlow
+    (in_tmp / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.ckpt is not a readable checkpoint .* not a torch file"):
+        OTMeanFlow.load_from_checkpoint("notes.ckpt")
+    torch.save({"a": 1}, "dict.ckpt")
+    with pytest.raises(ValueError, match="dict.ckpt holds a torch dict without a state_dict, not a Lightning checkpoint"):
+        OTMeanFlow.load_from_checkpoint("dict.ckpt")
 
 
 EXTENSION = textwrap.dedent(

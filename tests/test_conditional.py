@@ -62,8 +62,11 @@ def test_meanflow_guidance_applies_only_inside_its_interval():
     want = 2.0 * v + 0.3 * (20.0 + labels.double()[:, None]) + (1 - 2.0 - 0.3) * 10.0
     torch.testing.assert_close(got[1:4], want[1:4])
     torch.testing.assert_close(got[[0, 4]], v[[0, 4]])
-    with pytest.raises(ValueError, match=r"guidance_interval must be \(lo, hi\) with 0 <= lo <= hi <= 1"):
-        OTMeanFlow(num_classes=3, guidance_scale=2.0, guidance_interval=(0.6, 0.5))
+    for bad in [(0.6, 0.5), (0.3, 0.3), 0.5, (0.1, 0.5, 0.9), ("0.1", "0.5"), None, (float("nan"), 1.0), (True, 1)]:
+        with pytest.raises(ValueError, match=r"guidance_interval must be \(lo, hi\) with 0 <= lo < hi <= 1"):
+            OTMeanFlow(num_classes=3, guidance_scale=2.0, guidance_interval=bad)
+    with pytest.raises(ValueError, match=r"limits guidance, but the model is not guided"):
+        OTMeanFlow(num_classes=3, guidance_interval=(0.2, 0.5))
 
 
 class DropoutRecorder(nn.Module):

@@ -201,7 +201,7 @@ def test_sample_checks_its_input_and_names_the_argument(module):
     for n in (2.5, -1, True):
         with pytest.raises(ValueError, match=r"n must be a number of samples \(an integer >= 0\), got"):
             model.generate(n)
-    assert model.generate(0).shape == (0, 2)
+    assert model.generate(0).shape == (0, 2) and model.generate(torch.tensor(3)).shape == (3, 2)
 
 
 @pytest.mark.parametrize("module", ["mf", "nfm"])

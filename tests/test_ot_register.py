@@ -118,6 +118,11 @@ def test_registration_mistakes_are_named_where_they_are_made():
             OTCoupler("tensor").match(torch.randn(4, 2), torch.randn(4, 2))
     finally:
         SOLVERS.pop("tensor")
+    register_solver("local", greedy)
+    sent = pickle.loads(pickle.dumps(OTCoupler("local")))
+    SOLVERS.pop("local")  # a DDP spawn worker that never ran the registration
+    with pytest.raises(RuntimeError, match="OT solver 'local' is not registered in this process"):
+        sent.match(torch.randn(4, 2), torch.randn(4, 2))
     with pytest.raises(ValueError, match=r"unknown coupling method 'otflow_lightning.nothing' \(module otflow_lightning "
                                          r"has no 'nothing'\)"):
         OTCoupler("otflow_lightning.nothing")

@@ -81,8 +81,9 @@ class SamplingCallback(EvalCallback):
     the model. Points are drawn as scatter plots over the validation batch (the first two
     coordinates of ``(d,)`` points), images as grids (at
     most 100; a class-conditional module's images are labelled ``i % num_classes``, so with
-    ``n_samples = num_classes ** 2`` each column of the grid is one class). Written by global rank 0 to ``<log_dir>/samples/step{global_step:07d}.png`` and, with a
-    TensorBoard logger, as the image ``samples``. Runs inside validation (see :class:`EvalCallback`),
+    ``n_samples = num_classes ** 2`` each column of the grid is one class). Written by global rank
+    0 to ``<log_dir>/<name>/step{global_step:07d}.png`` and, with a TensorBoard logger, as the image
+    ``<name>``. Runs inside validation (see :class:`EvalCallback`),
     so an ``EMAWeightAveraging`` model is shown with its averaged weights.
 
     Args:
@@ -92,6 +93,8 @@ class SamplingCallback(EvalCallback):
         seed: seed of the fixed source batch.
         every_n_epochs: render every this many validation runs (default every run).
         every_n_steps: instead, render when at least this many training steps have passed.
+        name: the folder of the PNG files and the TensorBoard image tag (default ``samples``); two
+            sampling callbacks of one run need distinct names.
     """
 
     def __init__(
@@ -101,15 +104,21 @@ class SamplingCallback(EvalCallback):
         seed: int = 4321,
         every_n_epochs: int | None = None,
         every_n_steps: int | None = None,
+        name: str = "samples",
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps)
-        self.n_samples, self.steps, self.seed = n_samples, steps, seed
+        if not isinstance(name, str) or not name or os.sep in name:
+            raise ValueError(f"SamplingCallback: name must be a folder name (no {os.sep!r}), got {name!r}")
+        self.n_samples, self.steps, self.seed, self.name = n_samples, steps, seed, name
         self.last_path: str | None = None
         self.last_samples: dict[int, Tensor] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_renderable(check_protocol(pl_module)[1])
         eval_steps(pl_module, self.steps)
+        if sum(isinstance(cb, SamplingCallback) and cb.name == self.name for cb in trainer.callbacks) > 1:
+            raise ValueError(f"two SamplingCallbacks write {self.name}/step*.png and the image {self.name!r}, the "
+                             "second over the first: give each its own name (SamplingCallback(name=...))")
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> dict[str, Tensor]:
         log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask, or DDP hangs
@@ -126,7 +135,7 @@ class SamplingCallback(EvalCallback):
         except TypeError:
             reference = None
         image = render_samples(labelled, reference=reference, title=f"step {trainer.global_step}")
-        folder = os.path.join(log_dir or trainer.default_root_dir, "samples")
+        folder = os.path.join(log_dir or trainer.default_root_dir, self.name)
         os.makedirs(folder, exist_ok=True)
         self.last_path = os.path.join(folder, f"step{trainer.global_step:07d}.png")
         import matplotlib.pyplot as plt
@@ -135,5 +144,5 @@ class SamplingCallback(EvalCallback):
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", image, trainer.global_step, dataformats="HWC")
+                experiment.add_image(self.name, image, trainer.global_step, dataformats="HWC")
         return {}

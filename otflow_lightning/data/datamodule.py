@@ -284,8 +284,8 @@ class OTPairDataModule(pl.LightningDataModule):
         if self._source_train is None:
             check_source(self.source, shape)
         if self.online is not None:  # __init__ rules out online + source_data
-            # through the draw_source hook, so a subclass's source also fills the bank
-            self.online.reset(len(self._train), lambda n, g: self.draw_source(torch.empty(n, *shape), g), seed=base)
+            # through the draw_source hook, so a subclass's source also fills the bank (its x1: zeros of the shape)
+            self.online.reset(len(self._train), lambda n, g: self.draw_source(torch.zeros(n, *shape), g), seed=base)
 
     def _check_data(self) -> None:
         """Raise ``ValueError`` for data that would train silently wrong: class labels that are all

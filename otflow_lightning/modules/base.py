@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import inspect
 import math
 import numbers
+import operator
 import os
+import sys
 from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 import torch
 from torch import Tensor, nn
 
@@ -165,18 +167,54 @@ def saved_class(checkpoint: dict) -> str | None:
     return hparams.get("_class_path") or checkpoint.get(CLASS_KEY)
 
 
+def read_checkpoint(path, what: str) -> dict | None:
+    """The checkpoint in ``path`` (a file name, or a seekable file object, left where it was), read on
+    the CPU by torch's weights-only loader (memory-mapped where it can: the tensors are not read);
+    ``None`` where there is no such file. ``ValueError`` naming ``what`` for a file that is no
+    Lightning checkpoint; torch's own error for one holding types that loader refuses (it names them)."""
+    stream = hasattr(path, "read") and hasattr(path, "seek")
+    if not stream and not (isinstance(path, (str, os.PathLike)) and os.path.isfile(path)):
+        return None
+    start = path.tell() if stream else None
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=not stream)
+        except RuntimeError as err:  # a file of torch's legacy format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises KeyError, EOFError, RuntimeError or UnpicklingError on a bad file
+        if "Unsupported global" in str(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "empty"
+        raise ValueError(f"{what} is not a readable checkpoint ({type(err).__name__}: {first}): a truncated file (a "
+                         "job killed while saving) or not a torch file; give an earlier checkpoint of the run") from None
+    finally:
+        if stream:
+            path.seek(start)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{what} holds a torch {type(checkpoint).__name__} without a state_dict, not a Lightning "
+                         "checkpoint; give one that Trainer.save_checkpoint or ModelCheckpoint wrote")
+    return checkpoint
+
+
+def checkpoint_class(checkpoint: dict) -> type | None:
+    """The module class a checkpoint was saved from, among the modules already imported (a checkpoint
+    does not get to import code); ``None`` where it does not say, its module is not imported, or it
+    was a script's (``__main__``: another script's class of the same name may be unrelated)."""
+    module, _, name = (saved_class(checkpoint) or "").rpartition(".")
+    found = getattr(sys.modules.get(module), name, None) if module and module != "__main__" else None
+    return found if isinstance(found, type) else None
+
+
 def check_checkpoint_class(checkpoint: dict, cls: type, path) -> None:
     """``ValueError`` if the checkpoint at ``path`` was saved from a module class that is neither
     ``cls`` nor related to it (a subclass or a parent; an unimportable class is not checked)."""
-    saved = saved_class(checkpoint)
-    module, _, name = (saved or "").rpartition(".")
-    try:
-        saved_cls = getattr(importlib.import_module(module), name) if module else None
-    except (ImportError, AttributeError, ValueError):
-        saved_cls = None
-    if isinstance(saved_cls, type) and not (issubclass(saved_cls, cls) or issubclass(cls, saved_cls)):
-        raise ValueError(f"{path} holds a {saved} checkpoint, not a {cls.__module__}.{cls.__qualname__} one; load "
-                         f"it with {name}.load_from_checkpoint, or give a checkpoint of a {cls.__name__} run")
+    saved = checkpoint_class(checkpoint)
+    if saved is not None and not (issubclass(saved, cls) or issubclass(cls, saved)):
+        raise ValueError(f"{path} holds a {saved_class(checkpoint)} checkpoint, not a {cls.__module__}."
+                         f"{cls.__qualname__} one; load it with {saved.__name__}.load_from_checkpoint, or give a "
+                         f"checkpoint of a {cls.__name__} run")
 
 
 class OneStepModule(pl.LightningModule):
@@ -309,8 +347,13 @@ class OneStepModule(pl.LightningModule):
         A class-conditional module generates ``labels`` ``(n,)``, by default the balanced sequence
         ``0, 1, ..., num_classes - 1, 0, 1, ...``.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        try:  # an int, or an integer 0-d tensor / array
+            count = -1 if isinstance(n, bool) else operator.index(n)
+        except TypeError:
+            count = -1
+        if count < 0:
             raise ValueError(f"n must be a number of samples (an integer >= 0), got {n!r}")
+        n = count
         x0 = draw_source(self.source, n, self.data_shape, generator=generator, device=self.device).to(self.dtype)
         if labels is None and self.num_classes is not None:
             labels = torch.arange(n, device=self.device) % self.num_classes
@@ -517,17 +560,24 @@ class OneStepModule(pl.LightningModule):
         pair = self._pair(batch)
         return self.sample(pair.x0, steps=1, labels=None if self.num_classes is None else pair.labels)
 
-    @classmethod
+    @_restricted_classmethod  # Lightning's: refused on an instance (it would return a new module)
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's ``load_from_checkpoint``, refusing first a checkpoint of another module class
-        (an OT-MF checkpoint loaded as OT-NFM: Lightning's own error blames an import, or the net)."""
-        if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
-            try:  # memory-mapped: the tensors are not read
-                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # not a zip checkpoint, or types torch does not load by default: Lightning reports
-                checkpoint = None
-            if isinstance(checkpoint, dict):
-                check_checkpoint_class(checkpoint, cls, checkpoint_path)
+        """Lightning's ``load_from_checkpoint``, checking the file first (:func:`read_checkpoint`): a
+        file that is no checkpoint, or a checkpoint of another module class (an OT-MF checkpoint
+        loaded as OT-NFM), is refused by name (Lightning's own errors show torch internals, or blame
+        an import or the net); a checkpoint of a subclass is loaded as that subclass (Lightning built
+        the class it was called on, dropping the subclass's settings and overrides)."""
+        try:
+            checkpoint = read_checkpoint(checkpoint_path, str(checkpoint_path))
+        except ValueError:
+            raise
+        except Exception:  # types torch's weights-only loader refuses: Lightning's own loading decides
+            checkpoint = None
+        if checkpoint is not None:
+            check_checkpoint_class(checkpoint, cls, checkpoint_path)
+            saved = checkpoint_class(checkpoint)
+            if saved is not None and saved is not cls and issubclass(saved, cls):
+                return saved.load_from_checkpoint(checkpoint_path, *args, **kwargs)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

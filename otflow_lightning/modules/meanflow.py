@@ -132,10 +132,15 @@ class OTMeanFlow(OneStepModule):
                 f"guidance_kappa must be in [0, 1) and needs a class-conditional model trained with label dropout "
                 f"(num_classes and label_dropout > 0), got guidance_kappa={guidance_kappa}"
             )
-        lo, hi = guidance_interval
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1 (start times t, 0 = source), "
-                             f"got {tuple(guidance_interval)}")
+        interval = list(guidance_interval) if isinstance(guidance_interval, (list, tuple)) else []
+        numbers_ = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+        if len(interval) != 2 or not numbers_ or not 0.0 <= interval[0] < interval[1] <= 1.0:
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo < hi <= 1 (start times t, 0 = source), "
+                             f"got {guidance_interval!r}")
+        lo, hi = interval
+        if (lo, hi) != (0.0, 1.0) and guidance_scale == 1.0 and guidance_kappa == 0.0:
+            raise ValueError(f"guidance_interval={guidance_interval!r} limits guidance, but the model is not guided "
+                             "(guidance_scale 1, guidance_kappa 0): set guidance_scale, or leave the interval (0, 1)")
         if net is None:
             check_vector_data(data_shape, "UNet(in_channels=C, num_times=2)")
             net = TimeMLP(dim=math.prod(data_shape), num_times=2, num_classes=num_classes)

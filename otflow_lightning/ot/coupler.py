@@ -365,8 +365,9 @@ class OTCoupler:
         self, x0: Tensor, x1: Tensor, c0: Tensor | None, c1: Tensor | None, generator: torch.Generator | None
     ) -> tuple[Solution, str]:
         method, cost_dtype = self.resolve(x0, x1)
-        if method not in SOLVERS and method not in PLANS:  # an import path, in a process the coupler was sent to
-            find_solver(method)
+        if method not in SOLVERS and method not in PLANS and find_solver(method):  # sent to another process
+            raise RuntimeError(f"OT solver {method!r} is not registered in this process (a DDP worker, or after "
+                               "unpickling): register it at the top level of a module, or name it by import path")
         if method in POINT_METHODS:
             cost = None
         else:
