@@ -246,14 +246,20 @@ class OTPairDataModule(pl.LightningDataModule):
         x, _ = _split_item(self._train[0])
         return tuple(x.shape)
 
+    def _seeded_draws(self) -> list[str]:
+        """What :meth:`setup` draws from the run seed: the toy sets of a toy target, the first bank of
+        an online coupling."""
+        toy = isinstance(self.target, str) and self.target in TOYS
+        return [name for name, drawn in (("toy data", toy), ("noise bank", self.online is not None)) if drawn]
+
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
         base = _run_seed() if self.seed is None else self.seed
-        toy = isinstance(self.target, str) and self.target in TOYS
-        if toy or self.online is not None:
-            self._data_seed = base  # the toy sets and the first noise bank are drawn from it
-        if toy:
+        drawn = self._seeded_draws()
+        if drawn:
+            self._data_seed = base
+        if "toy data" in drawn:
             self._train = ToyDataset(self.target, self.toy_size, seed=base)
             if self.val_target is None and self.val_size > 0:
                 self.val_target = ToyDataset(self.target, self.val_size, seed=base + 1_000_003)
@@ -500,8 +506,7 @@ class OTPairDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("data_seed")
         if saved is not None and self._data_seed is not None and saved != self._data_seed:
-            toy = isinstance(self.target, str) and self.target in TOYS  # the seed's draws: see setup
-            drawn = " and ".join(name for name, has in (("toy data", toy), ("noise bank", self.online is not None)) if has)
+            drawn = " and ".join(self._seeded_draws())
             raise ValueError(
                 f"the checkpoint's {drawn} {'was' if drawn == 'noise bank' else 'were'} drawn with the run seed {saved}, "
                 f"this run's is {self._data_seed}: resume with the same seed (--seed_everything {saved}, or data.seed={saved})"
