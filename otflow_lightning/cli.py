@@ -22,7 +22,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.utilities import rank_zero_warn
 
 import otflow_lightning  # noqa: F401  (registers the package's classes for short names)
-from otflow_lightning.modules.base import checkpoint_class, read_checkpoint, saved_class as saved_class_of
+from otflow_lightning.modules.base import checkpoint_class, read_checkpoint, related_classes
+from otflow_lightning.modules.base import saved_class as saved_class_of
 
 __all__ = ["OTFlowCLI", "VersionedConfigSaver", "main", "entry_point"]
 
@@ -218,9 +219,8 @@ class OTFlowCLI(LightningCLI):
         if not hparams and not saved_class:
             return
         config_class = getattr(model, "class_path", None)
-        saved, configured = checkpoint_class(checkpoint), _resolve(config_class or "")  # a checkpoint imports nothing
-        related = isinstance(saved, type) and isinstance(configured, type) and (
-            issubclass(saved, configured) or issubclass(configured, saved))  # a subclass: LightningCLI switches, and warns
+        # a checkpoint imports nothing; a subclass's is related (LightningCLI switches to it, and warns)
+        related = related_classes(checkpoint_class(checkpoint), _resolve(config_class or ""))
         if saved_class and config_class and not related:
             raise ValueError(f"--ckpt_path {ckpt_path} holds a {saved_class} checkpoint but the config trains "
                              f"{config_class}; give the checkpoint of a {config_class.rsplit('.', 1)[-1]} run, or "

@@ -207,14 +207,21 @@ def checkpoint_class(checkpoint: dict) -> type | None:
     return found if isinstance(found, type) else None
 
 
-def check_checkpoint_class(checkpoint: dict, cls: type, path) -> None:
-    """``ValueError`` if the checkpoint at ``path`` was saved from a module class that is neither
-    ``cls`` nor related to it (a subclass or a parent; an unimportable class is not checked)."""
+def related_classes(a, b) -> bool:
+    """Whether ``a`` and ``b`` are classes and one is the other or a subclass of it."""
+    return isinstance(a, type) and isinstance(b, type) and (issubclass(a, b) or issubclass(b, a))
+
+
+def check_checkpoint_class(checkpoint: dict, cls: type, path) -> type | None:
+    """The module class the checkpoint at ``path`` was saved from (:func:`checkpoint_class`);
+    ``ValueError`` if it is neither ``cls`` nor related to it (a subclass or a parent; a class not
+    imported is not checked)."""
     saved = checkpoint_class(checkpoint)
-    if saved is not None and not (issubclass(saved, cls) or issubclass(cls, saved)):
+    if saved is not None and not related_classes(saved, cls):
         raise ValueError(f"{path} holds a {saved_class(checkpoint)} checkpoint, not a {cls.__module__}."
                          f"{cls.__qualname__} one; load it with {saved.__name__}.load_from_checkpoint, or give a "
                          f"checkpoint of a {cls.__name__} run")
+    return saved
 
 
 class OneStepModule(pl.LightningModule):
@@ -574,8 +581,7 @@ class OneStepModule(pl.LightningModule):
         except Exception:  # types torch's weights-only loader refuses: Lightning's own loading decides
             checkpoint = None
         if checkpoint is not None:
-            check_checkpoint_class(checkpoint, cls, checkpoint_path)
-            saved = checkpoint_class(checkpoint)
+            saved = check_checkpoint_class(checkpoint, cls, checkpoint_path)
             if saved is not None and saved is not cls and issubclass(saved, cls):
                 return saved.load_from_checkpoint(checkpoint_path, *args, **kwargs)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
