@@ -202,14 +202,14 @@ class ImageFolderDataset(Dataset):
 
     @staticmethod
     def _open(path: Path):
-        """The image at ``path`` (PIL, 8 bits a channel; 16-bit grayscale scaled down), or an
-        ``OSError`` naming the file."""
+        """The image at ``path``, decoded (PIL, 8 bits a channel; 16-bit grayscale scaled down), or
+        an ``OSError`` naming the file (a truncated file reads its header, then fails on the pixels)."""
         from PIL import Image
 
         try:
             img = Image.open(path)
+            img.load()
             if img.mode.startswith("I;16"):  # 16-bit grayscale: convert() would clip it to 255
-                img.load()
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)).round().astype(np.uint8))
         except OSError as err:
             raise OSError(f"cannot read image {path}: {err}; remove or re-save it") from err
@@ -223,10 +223,6 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         with self._open(self.files[index]) as img:
-            try:
-                img.load()
-            except OSError as err:  # a truncated file reads its header, then fails on the pixels
-                raise OSError(f"cannot read image {self.files[index]}: {err}; remove or re-save it") from err
             img = img.convert(self.mode)
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
